@@ -1,0 +1,201 @@
+"""Sizes of every network as dataclasses, and the named presets.
+
+`vitb16` is the published model (DINOv3 ViT-B/16 + DeltaTok + DeltaWorld at 512x512);
+`tiny` is the configuration of the parity fixtures; `default` is the small model this
+package trains on its procedural world.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    patch_size: int = 16
+    num_register_tokens: int = 4
+    rope_theta: float = 100.0
+    layer_norm_eps: float = 1e-5
+    initializer_range: float = 0.02  # also the scale of DeltaWorld's noise queries
+    image_mean: tuple[float, float, float] = IMAGENET_MEAN
+    image_std: tuple[float, float, float] = IMAGENET_STD
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    hidden_size: int = 768
+    num_heads: int = 12
+    num_encoder_layers: int = 12
+    num_decoder_layers: int = 12
+    intermediate_size: int = 2048  # SwiGLU width = 2 * backbone MLP // 3
+    layer_norm_eps: float = 1e-5
+    rope_theta: float = 100.0
+    layer_scale_init: float = 1e-5
+
+
+@dataclass(frozen=True)
+class PredictorConfig:
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    mlp_ratio: int = 4
+    rope_rotated: int = 60  # per head; the remaining dims of the head are not rotated
+    layer_norm_eps: float = 1e-5
+    layer_scale_init: float = 1e-5
+    use_bom: bool = True  # False: the deterministic baseline with one learned query
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    class_names: tuple[str, ...] = ()
+    palette: tuple[tuple[int, int, int], ...] = ()
+    with_depth: bool = False
+    depth_bins: int = 256
+    min_depth: float = 1e-3
+    max_depth: float = 80.0
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    image_size: tuple[int, int]  # (H, W) the networks run at
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    frame_interval: float = 0.1  # seconds between the frames the model was trained on
+    context_length: int = 4  # anchor + deltas presented to the predictor
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        p = self.backbone.patch_size
+        return self.image_size[0] // p, self.image_size[1] // p
+
+    @property
+    def num_patches(self) -> int:
+        h, w = self.grid
+        return h * w
+
+    @property
+    def token_size(self) -> int:
+        return self.tokenizer.hidden_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Inverse of to_dict; unknown keys are an error so that typos in a manifest surface."""
+        nested = {
+            "backbone": BackboneConfig,
+            "tokenizer": TokenizerConfig,
+            "predictor": PredictorConfig,
+            "head": HeadConfig,
+        }
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys {sorted(unknown)}; known: {sorted(known)}")
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in nested:
+                kwargs[key] = _sub_config(nested[key], value)
+            elif key == "image_size":
+                kwargs[key] = tuple(value)
+            else:
+                kwargs[key] = value
+        return cls(**kwargs)
+
+
+def _sub_config(kind: type, data: dict[str, Any]) -> Any:
+    known = {f.name for f in fields(kind)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"unknown {kind.__name__} keys {sorted(unknown)}; known: {sorted(known)}")
+    return kind(**{k: _tuplify(v) for k, v in data.items()})
+
+
+def _tuplify(value: Any) -> Any:
+    return tuple(_tuplify(v) for v in value) if isinstance(value, list) else value
+
+
+CITYSCAPES_CLASSES = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
+    "motorcycle", "bicycle",
+)  # fmt: skip
+CITYSCAPES_PALETTE = (
+    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
+    (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
+    (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
+    (0, 80, 100), (0, 0, 230), (119, 11, 32),
+)  # fmt: skip
+
+
+def generic_classes(count: int) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]:
+    """Placeholder names and a deterministic palette for heads whose names are not shipped."""
+    names = tuple(f"class_{i}" for i in range(count))
+    palette = tuple(
+        ((i * 67) % 256, (i * 131 + 40) % 256, (i * 197 + 90) % 256) for i in range(count)
+    )
+    return names, palette
+
+
+def vitb16(image_size: tuple[int, int] = (512, 512), head: HeadConfig | None = None) -> ModelConfig:
+    """The published model: DINOv3 ViT-B/16, DeltaTok 12+12, DeltaWorld 12 blocks."""
+    head = head or HeadConfig(CITYSCAPES_CLASSES, CITYSCAPES_PALETTE)
+    return ModelConfig(name="vitb16", image_size=image_size, head=head)
+
+
+def tiny() -> ModelConfig:
+    """The structurally complete tiny model of ../shared/fixtures (random weights)."""
+    names, palette = generic_classes(5)
+    return ModelConfig(
+        name="tiny",
+        image_size=(64, 64),
+        backbone=BackboneConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=256),
+        tokenizer=TokenizerConfig(
+            hidden_size=64, num_heads=4, num_encoder_layers=2, num_decoder_layers=2,
+            intermediate_size=2 * 256 // 3,
+        ),
+        predictor=PredictorConfig(hidden_size=128, num_layers=2, num_heads=2),
+        head=HeadConfig(names, palette, with_depth=True),
+        context_length=3,
+    )  # fmt: skip
+
+
+def small(head: HeadConfig | None = None, image_size: tuple[int, int] = (128, 128)) -> ModelConfig:
+    """The size of the embedded default model, trainable on a 2-core CPU."""
+    head = head or HeadConfig(*generic_classes(10))
+    return ModelConfig(
+        name="small",
+        image_size=image_size,
+        backbone=BackboneConfig(hidden_size=96, num_layers=4, num_heads=4, intermediate_size=384),
+        tokenizer=TokenizerConfig(
+            hidden_size=96, num_heads=4, num_encoder_layers=3, num_decoder_layers=3,
+            intermediate_size=2 * 384 // 3,
+        ),
+        predictor=PredictorConfig(hidden_size=128, num_layers=4, num_heads=2),
+        head=head,
+    )  # fmt: skip
+
+
+PRESETS = {"vitb16": vitb16, "tiny": tiny, "small": small}
+
+
+def preset(name: str) -> ModelConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]()
