@@ -1,0 +1,46 @@
+"""The synthetic world's semantic classes and their fixed visualisation palette."""
+
+from __future__ import annotations
+
+import numpy as np
+
+CLASS_NAMES: tuple[str, ...] = (
+    "road",
+    "sidewalk",
+    "lane_marking",
+    "building",
+    "vegetation",
+    "terrain",
+    "car",
+    "bus",
+    "cyclist",
+    "pedestrian",
+)
+ROAD, SIDEWALK, LANE_MARKING, BUILDING, VEGETATION, TERRAIN, CAR, BUS, CYCLIST, PEDESTRIAN = range(
+    len(CLASS_NAMES)
+)
+BACKGROUND_CLASSES: tuple[int, ...] = (ROAD, SIDEWALK, LANE_MARKING, BUILDING, VEGETATION, TERRAIN)
+AGENT_CLASSES: tuple[int, ...] = (CAR, BUS, CYCLIST, PEDESTRIAN)
+
+# Cityscapes colours where Cityscapes has the class; uint8 RGB, one row per class id.
+PALETTE: np.ndarray = np.array(
+    [
+        (128, 64, 128),  # road
+        (244, 35, 232),  # sidewalk
+        (255, 255, 255),  # lane_marking
+        (70, 70, 70),  # building
+        (107, 142, 35),  # vegetation
+        (152, 251, 152),  # terrain
+        (0, 0, 142),  # car
+        (0, 60, 100),  # bus
+        (119, 11, 32),  # cyclist
+        (220, 20, 60),  # pedestrian
+    ],
+    dtype=np.uint8,
+)
+PALETTE.setflags(write=False)
+
+
+def colorize(labels: np.ndarray) -> np.ndarray:
+    """Class ids (..., H, W) -> palette colours (..., H, W, 3) uint8."""
+    return PALETTE[labels]

@@ -1,0 +1,79 @@
+"""`deltaworld synth`: record the procedural street world as a rosbag2 (images + labels)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from deltaworld_ros.io.bags import ImageBagWriter
+
+from .world import StreetWorld, WorldConfig
+
+DEFAULT_START_S = 1_767_225_600  # 2026-01-01T00:00:00Z: header stamps look like a real recording
+
+
+def _size(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d+)x(\d+)", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"size must look like HxW (e.g. 128x128), got {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, type=Path, help="bag directory to create")
+    parser.add_argument("--frames", type=int, default=300, help="frames to write (default 300)")
+    parser.add_argument("--seed", type=int, default=0, help="world seed (layout, agents, noise)")
+    parser.add_argument("--camera", choices=("static", "vehicle"), default="static")
+    parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
+    parser.add_argument("--size", type=_size, default=(128, 128), help="HxW (default 128x128)")
+    parser.add_argument("--fps", type=float, default=10.0, help="nominal frame rate (default 10)")
+    parser.add_argument("--image-topic", default="/camera/image_raw")
+    parser.add_argument("--label-topic", default="/camera/labels")
+    parser.add_argument("--frame-id", default="camera")
+    parser.add_argument(
+        "--start-stamp",
+        type=float,
+        default=DEFAULT_START_S,
+        help="epoch seconds of the first frame's grid slot (default 2026-01-01)",
+    )
+    parser.add_argument(
+        "--compressed",
+        action="store_true",
+        help="write the image topic as sensor_msgs/CompressedImage (jpeg); labels stay raw",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.frames <= 0:
+        raise SystemExit(f"--frames must be > 0, got {args.frames}")
+    height, width = args.size
+    config = WorldConfig(height=height, width=width, camera=args.camera, fps=args.fps)
+    world = StreetWorld(config, args.seed)
+    start_ns = int(round(args.start_stamp * 1e9))
+    t0 = time.perf_counter()
+    first = last = 0
+    events = 0
+    with ImageBagWriter(args.out, storage=args.storage) as bag:
+        for i, frame in enumerate(tqdm(world.frames(args.frames), total=args.frames, unit="frame")):
+            stamp = start_ns + int(round(frame.stamp_s * 1e9))
+            if i == 0:
+                first = stamp
+            last = stamp
+            events += sum(e.visible for e in frame.branch_events)
+            if args.compressed:
+                bag.write_compressed(args.image_topic, stamp, frame.rgb, "jpeg", args.frame_id)
+            else:
+                bag.write_image(args.image_topic, stamp, frame.rgb, "rgb8", args.frame_id)
+            bag.write_image(args.label_topic, stamp, frame.labels, "mono8", args.frame_id)
+    dropped = frame.index - args.frames  # grid slots skipped by the simulated sensor
+    print(
+        f"wrote {args.out} ({args.storage}): {args.frames} frames {width}x{height} "
+        f"{args.camera} camera, {(last - first) / 1e9:.1f} s of header time, "
+        f"{dropped} dropped, {events} visible branching decisions, "
+        f"{time.perf_counter() - t0:.1f} s"
+    )
+    return 0
