@@ -1,0 +1,245 @@
+"""rosbag2 (sqlite3 or mcap) image I/O with the pure-Python `rosbags` library, no ROS install.
+
+Written bags carry their message definitions, so `ros2 bag play` on Humble and later replays
+them; the log time of every message is its header stamp, so replay timing equals sensor timing.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+from rosbags.highlevel import AnyReader, AnyReaderError
+from rosbags.interfaces import Connection
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import Stores, get_typestore
+
+from deltaworld_ros.io.images import (
+    CompressedFormat,
+    decode_image_message,
+    decode_labels,
+    encode_compressed,
+    encode_raw,
+    stamp_ns,
+)
+
+Storage = Literal["sqlite3", "mcap"]
+IMAGE = "sensor_msgs/msg/Image"
+COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
+IMAGE_TYPES = (IMAGE, COMPRESSED_IMAGE)
+
+# sensor_msgs, std_msgs and diagnostic_msgs are identical in Humble and Jazzy; build messages
+# for write_raw_message with TYPESTORE.types["std_msgs/msg/String"](data=...) and friends.
+TYPESTORE = get_typestore(Stores.ROS2_HUMBLE)
+_BAG_VERSION: Literal[8] = 8  # the newest version Humble's rosbag2 still reads
+_STORAGES: dict[str, StoragePlugin] = {
+    "sqlite3": StoragePlugin.SQLITE3,
+    "mcap": StoragePlugin.MCAP,
+}
+
+
+class MissingTopicError(LookupError):
+    """A requested topic is not in the bag."""
+
+
+def make_header(stamp: int, frame_id: str) -> Any:
+    """A rosbags std_msgs/Header for a stamp in nanoseconds."""
+    if stamp < 0:
+        raise ValueError(f"stamp must be >= 0 ns, got {stamp}")
+    sec, nanosec = divmod(int(stamp), 1_000_000_000)
+    time = TYPESTORE.types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec)
+    return TYPESTORE.types["std_msgs/msg/Header"](stamp=time, frame_id=frame_id)
+
+
+class ImageBagWriter:
+    """Write images (and any other Humble message) into a new rosbag2.
+
+    >>> with ImageBagWriter("out_bag", storage="mcap") as bag:
+    ...     bag.write_image("/camera/image_raw", stamp_ns, rgb, "rgb8")
+    """
+
+    def __init__(self, path: str | Path, storage: Storage = "mcap") -> None:
+        if storage not in _STORAGES:
+            raise ValueError(f"storage must be one of {sorted(_STORAGES)}, got {storage!r}")
+        self.path = Path(path)
+        if self.path.exists():
+            raise FileExistsError(
+                f"bag {self.path} exists already; rosbag2 writers never overwrite, "
+                "choose another path or delete it"
+            )
+        self.storage = storage
+        self._writer = Writer(self.path, version=_BAG_VERSION, storage_plugin=_STORAGES[storage])
+        self._writer.open()
+        self._connections: dict[str, Connection] = {}
+        self.message_count = 0
+
+    def __enter__(self) -> ImageBagWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # Like rosbags: a failed write leaves no metadata.yaml rather than a bag that looks whole.
+        if exc_type is None:
+            self.close()
+        else:
+            self._writer.abort()
+
+    def close(self) -> None:
+        """Write the index and metadata.yaml; the bag is readable afterwards."""
+        if self._writer.storage is not None:
+            self._writer.close()
+
+    def write_raw_message(self, topic: str, msgtype: str, msg: Any, stamp_ns: int) -> None:
+        """Serialize a rosbags message of `msgtype` onto `topic` at log time `stamp_ns`."""
+        connection = self._connections.get(topic)
+        if connection is None:
+            if msgtype not in TYPESTORE.types:
+                raise ValueError(
+                    f"message type {msgtype!r} is unknown to the ROS 2 Humble typestore; "
+                    "spell it like 'sensor_msgs/msg/Image'"
+                )
+            connection = self._writer.add_connection(topic, msgtype, typestore=TYPESTORE)
+            self._connections[topic] = connection
+        elif connection.msgtype != msgtype:
+            raise ValueError(
+                f"topic {topic} already carries {connection.msgtype}, cannot also write {msgtype}"
+            )
+        if stamp_ns < 0:
+            raise ValueError(f"stamp_ns must be >= 0, got {stamp_ns}")
+        self._writer.write(connection, int(stamp_ns), TYPESTORE.serialize_cdr(msg, msgtype))
+        self.message_count += 1
+
+    def write_image(
+        self,
+        topic: str,
+        stamp_ns: int,
+        array: np.ndarray,
+        encoding: str,
+        frame_id: str = "camera",
+    ) -> None:
+        """Write a raw sensor_msgs/Image (encodings as in `encode_raw`)."""
+        array = np.asarray(array)
+        data, step = encode_raw(array, encoding)
+        msg = TYPESTORE.types[IMAGE](
+            header=make_header(stamp_ns, frame_id),
+            height=array.shape[0],
+            width=array.shape[1],
+            encoding=encoding,
+            is_bigendian=0,
+            step=step,
+            data=np.frombuffer(data, dtype=np.uint8),
+        )
+        self.write_raw_message(topic, IMAGE, msg, stamp_ns)
+
+    def write_compressed(
+        self,
+        topic: str,
+        stamp_ns: int,
+        rgb: np.ndarray,
+        fmt: CompressedFormat = "jpeg",
+        frame_id: str = "camera",
+    ) -> None:
+        """Write a sensor_msgs/CompressedImage the way image_transport does for an rgb8 source."""
+        data = encode_compressed(rgb, fmt)
+        msg = TYPESTORE.types[COMPRESSED_IMAGE](
+            header=make_header(stamp_ns, frame_id),
+            format=f"rgb8; {fmt} compressed bgr8",
+            data=np.frombuffer(data, dtype=np.uint8),
+        )
+        self.write_raw_message(topic, COMPRESSED_IMAGE, msg, stamp_ns)
+
+
+@dataclass
+class BagFrame:
+    """One image message; `image` is None and `error` says why when it could not be decoded."""
+
+    stamp_ns: int  # header stamp (sensor time); 0 if the message could not be deserialized
+    frame_id: str
+    image: np.ndarray | None  # RGB uint8 (H, W, 3), or class ids (H, W) with labels=True
+    error: str | None
+    log_time_ns: int  # when the recorder received it; differs from stamp_ns in recorded bags
+
+
+class BagMessage(NamedTuple):
+    topic: str
+    msgtype: str
+    log_time_ns: int
+    msg: Any  # rosbags dataclass with the ROS field names
+
+
+def _open_reader(path: str | Path) -> AnyReader:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no rosbag2 at {path}: pass the bag directory (with metadata.yaml) "
+            "or its .mcap / .db3 file"
+        )
+    return AnyReader([path], default_typestore=TYPESTORE)
+
+
+def _connections(reader: AnyReader, topics: Iterable[str]) -> list[Connection]:
+    wanted = set(topics)
+    present = {c.topic for c in reader.connections}
+    if missing := sorted(wanted - present):
+        listing = ", ".join(f"{c.topic} ({c.msgtype})" for c in reader.connections)
+        raise MissingTopicError(
+            f"topic(s) {', '.join(missing)} not in bag {reader.paths[0]}; "
+            f"it has: {listing or 'no topics'}"
+        )
+    return [c for c in reader.connections if c.topic in wanted]
+
+
+def bag_topics(path: str | Path) -> dict[str, str]:
+    """Topic -> message type ('sensor_msgs/msg/Image') of every topic in the bag."""
+    with _open_reader(path) as reader:
+        return {c.topic: c.msgtype for c in reader.connections}
+
+
+def read_messages(path: str | Path, topics: Iterable[str] | None = None) -> Iterator[BagMessage]:
+    """Every message on `topics` (all when None), deserialized, in log-time order."""
+    with _open_reader(path) as reader:
+        connections = reader.connections if topics is None else _connections(reader, topics)
+        for connection, log_time, raw in reader.messages(connections=connections):
+            msg = reader.deserialize(raw, connection.msgtype)
+            yield BagMessage(connection.topic, connection.msgtype, log_time, msg)
+
+
+def read_images(path: str | Path, topic: str, labels: bool = False) -> Iterator[BagFrame]:
+    """Decoded frames of one Image or CompressedImage topic, in log-time order.
+
+    A message that cannot be decoded is yielded with image=None and the reason in `error`, so
+    a long replay survives one bad frame and the caller can count drops.
+    """
+    with _open_reader(path) as reader:
+        image_topics = [c for c in reader.connections if c.msgtype in IMAGE_TYPES]
+        connections = [c for c in reader.connections if c.topic == topic]
+        if not connections:
+            listing = ", ".join(f"{c.topic} ({c.msgtype})" for c in image_topics)
+            raise MissingTopicError(
+                f"image topic {topic} not in bag {path}; its image topics are: "
+                f"{listing or 'none'} (pick one with --topic)"
+            )
+        if wrong := [c.msgtype for c in connections if c.msgtype not in IMAGE_TYPES]:
+            raise ValueError(f"topic {topic} carries {wrong[0]}, not {IMAGE} or {COMPRESSED_IMAGE}")
+        decode = decode_labels if labels else decode_image_message
+        for connection, log_time, raw in reader.messages(connections=connections):
+            try:
+                msg = reader.deserialize(raw, connection.msgtype)
+            except (AnyReaderError, ValueError, IndexError, struct.error) as err:
+                yield BagFrame(0, "", None, f"cannot deserialize message: {err}", log_time)
+                continue
+            header = msg.header
+            try:
+                image, error = decode(msg), None
+            except ValueError as err:  # ImageDecodeError, and malformed fields
+                image, error = None, str(err)
+            yield BagFrame(stamp_ns(header), header.frame_id, image, error, log_time)
