@@ -6,6 +6,8 @@ streams (cameras x crops) and hypotheses, so that one frame costs one call per g
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -13,6 +15,22 @@ import numpy as np
 from ..model.config import ModelConfig
 
 GRAPHS = ("backbone", "encoder", "predictor", "decoder", "head")
+# The ONNX interface of each graph: input names in call order, and the output's name.
+INPUTS = {
+    "backbone": ("pixels",),
+    "encoder": ("x", "y"),
+    "predictor": ("queries", "kv", "pos_q", "pos_k"),
+    "decoder": ("z", "x"),
+    "head": ("y",),
+}
+OUTPUTS = {"backbone": "y", "encoder": "z", "predictor": "z_hat", "decoder": "y_hat",
+           "head": "logits"}  # fmt: skip
+CONTEXT_INPUTS = ("kv", "pos_k")  # the predictor's inputs whose axis 1 is the context length
+
+
+def graph_file(graph: str, precision: str = "fp32") -> str:
+    """Path of a graph inside a model directory: onnx/<graph>.onnx, onnx/fp16/<graph>.onnx."""
+    return f"onnx/fp16/{graph}.onnx" if precision == "fp16" else f"onnx/{graph}.onnx"
 
 
 class Engine(Protocol):
@@ -20,6 +38,7 @@ class Engine(Protocol):
     backend: str  # "onnxruntime" or "torch"
     providers: dict[str, str]  # graph -> the provider / device it really runs on
     learned_query: np.ndarray | None  # (D,) for the deterministic baseline, else None
+    precision: str  # "fp32", "fp16" or "bf16"
 
     def backbone(self, pixels: np.ndarray) -> np.ndarray:
         """(B, 3, H, W) float32 pixel values 0..255 -> features y (B, N, C)."""
@@ -37,3 +56,35 @@ class Engine(Protocol):
 
     def head(self, y: np.ndarray) -> np.ndarray:
         """features (B, N, C) -> class logits on the patch grid (B, classes, h, w)."""
+
+
+def open_engine(
+    model_dir: str | Path,
+    backend: str = "onnxruntime",
+    providers: Sequence[str] | None = None,
+    strict: bool = False,
+    precision: str = "fp32",
+    device: str = "cpu",
+    threads: int | None = None,
+) -> Engine:
+    """An engine on a verified model directory.
+
+    onnxruntime: `providers` (default tensorrt, cuda, cpu), `strict`, `precision` fp32|fp16,
+    `threads`. torch: `device` cpu|cuda[:i], `precision` fp32|fp16|bf16 (autocast), `threads`.
+    """
+    if backend == "onnxruntime":
+        from .ort_engine import DEFAULT_PROVIDERS, OrtEngine
+
+        return OrtEngine(model_dir, providers or DEFAULT_PROVIDERS, strict, precision, threads)
+    if backend == "torch":
+        import torch
+
+        from .torch_engine import PRECISIONS, TorchEngine
+
+        dtypes = {name: dtype for dtype, name in PRECISIONS.items()}
+        if precision not in dtypes:
+            raise ValueError(f"torch precision must be one of {sorted(dtypes)}, got {precision!r}")
+        if threads:
+            torch.set_num_threads(threads)
+        return TorchEngine(model_dir, device=device, dtype=dtypes[precision])
+    raise ValueError(f"backend must be 'onnxruntime' or 'torch', got {backend!r}")

@@ -1,0 +1,207 @@
+"""The ONNX Runtime backend of the Engine: one session per exported graph of a model dir.
+
+ONNX Runtime silently drops an execution provider that fails to initialise (missing CUDA
+libraries, no GPU) and runs on the CPU. This engine reads back what every session really got,
+logs it, and with `strict=True` refuses to run anywhere but where it was asked to.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from safetensors import safe_open
+
+from ..model.loading import weight_path
+from ..model.store import ModelDirError, read_manifest
+from .engine import GRAPHS, INPUTS, graph_file
+
+log = logging.getLogger(__name__)
+
+PROVIDERS = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+DEFAULT_PROVIDERS = ("tensorrt", "cuda", "cpu")
+
+
+class ProviderError(RuntimeError):
+    """A requested execution provider that is not available or did not initialise."""
+
+
+def provider_name(name: str) -> str:
+    """'cuda' -> 'CUDAExecutionProvider'; full ONNX Runtime names pass through."""
+    if name.endswith("ExecutionProvider"):
+        return name
+    if name.lower() not in PROVIDERS:
+        raise ValueError(
+            f"unknown execution provider {name!r}; use one of {sorted(PROVIDERS)} "
+            "or a full ONNX Runtime name such as 'CUDAExecutionProvider'"
+        )
+    return PROVIDERS[name.lower()]
+
+
+class OrtEngine:
+    """Engine on the ONNX graphs of a verified model directory."""
+
+    backend = "onnxruntime"
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        providers: Sequence[str] = DEFAULT_PROVIDERS,
+        strict: bool = False,
+        precision: str = "fp32",
+        threads: int | None = None,
+        device_id: int = 0,
+        max_batch: int = 64,
+    ) -> None:
+        if precision not in ("fp32", "fp16"):
+            raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
+        manifest = read_manifest(model_dir, verify=True)  # every file matches its sha256
+        self.config = manifest.config
+        self.precision = precision
+        self.model_dir = manifest.directory
+        available = ort.get_available_providers()
+        requested = [provider_name(p) for p in providers]
+        missing = [p for p in requested if p not in available]
+        if missing and strict:
+            raise ProviderError(
+                f"execution provider(s) {missing} requested with strict=True are not available "
+                f"in onnxruntime {ort.__version__}; available: {available}"
+            )
+        wanted = [p for p in requested if p in available] or ["CPUExecutionProvider"]
+        if missing:
+            log.warning("providers %s not available (have %s); using %s", missing, available,
+                        wanted)  # fmt: skip
+        self.sessions: dict[str, ort.InferenceSession] = {}
+        self.providers: dict[str, str] = {}
+        for graph in GRAPHS:
+            relative = graph_file(graph, precision)
+            if not manifest.has(relative):
+                if graph == "head" and not self.config.head.num_classes:
+                    continue
+                hint = " --fp16" if precision == "fp16" else ""
+                raise ModelDirError(
+                    f"{self.model_dir} has no {relative} in its manifest; export the graphs "
+                    f"with `deltaworld export --model-dir {self.model_dir}{hint}`"
+                )
+            options = _session_options(threads)
+            provider_options = [self._provider_options(p, graph, device_id, max_batch)
+                                for p in wanted]  # fmt: skip
+            session = ort.InferenceSession(
+                str(manifest.path(relative)), options, wanted, provider_options
+            )
+            got = session.get_providers()
+            failed = [p for p in wanted if p not in got]
+            if failed and strict:
+                raise ProviderError(
+                    f"{graph}: execution provider(s) {failed} did not initialise (ONNX Runtime "
+                    f"fell back to {got}); see its log above for the cause"
+                )
+            if failed:  # do not retry a provider that failed on this machine
+                log.warning("%s: providers %s failed to initialise; running on %s", graph,
+                            failed, got[0])  # fmt: skip
+                wanted = [p for p in wanted if p in got]
+            self.sessions[graph] = session
+            self.providers[graph] = got[0]
+            log.info("%s: %s on %s (%s)", graph, relative, got[0], precision)
+        self.learned_query = self._learned_query()
+
+    def _provider_options(
+        self, provider: str, graph: str, device_id: int, max_batch: int
+    ) -> dict[str, Any]:
+        if provider == "CUDAExecutionProvider":
+            return {"device_id": device_id}
+        if provider == "TensorrtExecutionProvider":
+            cache = Path.home() / ".cache" / "deltaworld" / "tensorrt"
+            cache.mkdir(parents=True, exist_ok=True)
+            return {
+                "device_id": device_id,
+                "trt_fp16_enable": self.precision == "fp16",
+                "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": str(cache),
+                **_trt_profiles(self.config, graph, max_batch),
+            }
+        return {}
+
+    def _learned_query(self) -> np.ndarray | None:
+        """The deterministic baseline's query q_embed (D,), read from weights/world."""
+        if self.config.predictor.use_bom:
+            return None
+        path = weight_path(self.model_dir, "world")
+        try:
+            with safe_open(str(path), framework="np") as f:
+                return np.asarray(f.get_tensor("q_embed.weight")[0], np.float32)
+        except (OSError, KeyError, ValueError) as err:
+            raise ModelDirError(
+                f"the deterministic predictor needs q_embed.weight from {path}: {err}"
+            ) from err
+
+    def _run(self, graph: str, *arrays: np.ndarray) -> np.ndarray:
+        session = self.sessions.get(graph)
+        if session is None:
+            raise RuntimeError(f"model {self.config.name!r} has no {graph} graph")
+        feeds = {
+            name: np.ascontiguousarray(a, np.float32)
+            for name, a in zip(INPUTS[graph], arrays, strict=True)
+        }
+        return session.run(None, feeds)[0]
+
+    def backbone(self, pixels: np.ndarray) -> np.ndarray:
+        return self._run("backbone", pixels)
+
+    def encode(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return self._run("encoder", x, y)
+
+    def predict(
+        self, queries: np.ndarray, kv: np.ndarray, pos_q: np.ndarray, pos_k: np.ndarray
+    ) -> np.ndarray:
+        return self._run("predictor", queries, kv, pos_q, pos_k)
+
+    def decode(self, z: np.ndarray, x: np.ndarray) -> np.ndarray:
+        return self._run("decoder", z, x)
+
+    def head(self, y: np.ndarray) -> np.ndarray:
+        return self._run("head", y)
+
+
+def _session_options(threads: int | None) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if threads:
+        options.intra_op_num_threads = threads
+    return options
+
+
+def _trt_profiles(cfg, graph: str, max_batch: int) -> dict[str, str]:
+    """TensorRT shape profiles (min/opt/max) so a new batch or context size reuses the engine
+    instead of rebuilding it; batch up to max_batch, context up to 4 x the model's."""
+    h, w = cfg.image_size
+    n, c, d = cfg.num_patches, cfg.token_size, cfg.predictor.hidden_size
+    ctx = cfg.context_length
+    shapes = {
+        "backbone": {"pixels": (3, h, w)},
+        "encoder": {"x": (n, c), "y": (n, c)},
+        "predictor": {"queries": (1, d), "kv": ("L", c), "pos_q": (1,), "pos_k": ("L",)},
+        "decoder": {"z": (1, c), "x": (n, c)},
+        "head": {"y": (n, c)},
+    }[graph]
+
+    def profile(batch: int, context: int) -> str:
+        return ",".join(
+            f"{name}:" + "x".join(str(context if s == "L" else s) for s in (batch, *dims))
+            for name, dims in shapes.items()
+        )
+
+    return {
+        "trt_profile_min_shapes": profile(1, 1),
+        "trt_profile_opt_shapes": profile(max(1, max_batch // 4), ctx),
+        "trt_profile_max_shapes": profile(max_batch, 4 * ctx),
+    }

@@ -1,0 +1,82 @@
+"""The torch backend of the Engine: the model's own modules, numpy in and out.
+
+Reduced precision runs under torch.autocast (matmuls in bf16/fp16, norms and the time RoPE
+in fp32), so the weights stay fp32 and the patch RoPE tables keep their precision.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..model.store import load_model
+from ..model.world_model import WorldModel
+from .engine import GRAPHS
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+class TorchEngine:
+    """Engine on a WorldModel (given, or loaded from a verified model directory)."""
+
+    backend = "torch"
+
+    def __init__(
+        self,
+        model: str | Path | WorldModel,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if dtype not in PRECISIONS:
+            raise ValueError(f"dtype must be one of {list(PRECISIONS)}, got {dtype}")
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(
+                f"device {device} requested but torch {torch.__version__} sees no CUDA device; "
+                "use device='cpu' or install the CUDA build of torch"
+            )
+        if not isinstance(model, WorldModel):
+            model = load_model(model)
+        self.model = model.eval().to(device)
+        self.config = model.cfg
+        self.device = device
+        self.dtype = dtype
+        self.precision = PRECISIONS[dtype]
+        self.providers = {g: f"torch:{device}" for g in GRAPHS}
+        q_embed = model.world.q_embed
+        self.learned_query = None if q_embed is None else q_embed.weight[0].detach().cpu().numpy()
+        log.info("torch engine on %s, %s", device, self.precision)
+
+    def _run(self, fn, *arrays: np.ndarray) -> np.ndarray:
+        tensors = [torch.as_tensor(np.asarray(a, np.float32), device=self.device) for a in arrays]
+        with (
+            torch.inference_mode(),
+            torch.autocast(self.device.type, self.dtype, enabled=self.dtype != torch.float32),
+        ):
+            out = fn(*tensors)
+        return out.float().cpu().numpy()
+
+    def backbone(self, pixels: np.ndarray) -> np.ndarray:
+        return self._run(self.model.backbone, pixels)
+
+    def encode(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return self._run(self.model.tokenizer.encode, x, y)
+
+    def predict(
+        self, queries: np.ndarray, kv: np.ndarray, pos_q: np.ndarray, pos_k: np.ndarray
+    ) -> np.ndarray:
+        return self._run(self.model.world.predictor, queries, kv, pos_q, pos_k)
+
+    def decode(self, z: np.ndarray, x: np.ndarray) -> np.ndarray:
+        return self._run(self.model.tokenizer.decode, z, x)
+
+    def head(self, y: np.ndarray) -> np.ndarray:
+        seg = self.model.seg_head
+        if seg is None:
+            raise RuntimeError(f"model {self.config.name!r} has no segmentation head")
+        return self._run(lambda f: seg(f, self.config.grid), y)

@@ -1,0 +1,55 @@
+"""Engine pieces that need no exported graphs: the torch backend's precisions, provider names,
+the factory's errors, and the TensorRT shape profiles (no GPU here to run them)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import assert_close
+
+from deltaworld_ros.model.config import tiny
+from deltaworld_ros.model.store import ModelDirError
+from deltaworld_ros.runtime.engine import open_engine
+from deltaworld_ros.runtime.ort_engine import _trt_profiles, provider_name
+from deltaworld_ros.runtime.torch_engine import TorchEngine
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_torch_engine_stays_near_the_fixture(tiny_model, fixture_arrays, dtype):
+    engine = TorchEngine(tiny_model, dtype=dtype)
+    frames = fixture_arrays["inputs/frames_uint8"][0].astype(np.float32)
+    y = engine.backbone(frames)
+    assert y.dtype == np.float32
+    assert_close(y, fixture_arrays["out/backbone/y"][0], "y", rel=3e-2)
+    w = "out/world/single"
+    z_hat = engine.predict(*(fixture_arrays[f"{w}/{k}"] for k in
+                             ("queries", "kv", "pos_q", "pos_k")))  # fmt: skip
+    assert_close(z_hat, fixture_arrays[f"{w}/z_hat"], "z_hat", rel=3e-2)
+
+
+def test_provider_short_names():
+    assert provider_name("cuda") == "CUDAExecutionProvider"
+    assert provider_name("TensorRT") == "TensorrtExecutionProvider"
+    assert provider_name("OpenVINOExecutionProvider") == "OpenVINOExecutionProvider"
+    with pytest.raises(ValueError, match="unknown execution provider 'gpu'"):
+        provider_name("gpu")
+
+
+def test_factory_errors(tmp_path):
+    with pytest.raises(ValueError, match="backend must be"):
+        open_engine(tmp_path, backend="tensorflow")
+    with pytest.raises(ValueError, match="torch precision must be one of"):
+        open_engine(tmp_path, backend="torch", precision="int8")
+    for backend in ("onnxruntime", "torch"):
+        with pytest.raises(ModelDirError, match="no manifest.json"):
+            open_engine(tmp_path, backend=backend)
+
+
+def test_tensorrt_profiles_cover_batch_and_context():
+    profiles = _trt_profiles(tiny(), "predictor", max_batch=64)
+    assert profiles["trt_profile_min_shapes"] == "queries:1x1x128,kv:1x1x64,pos_q:1x1,pos_k:1x1"
+    assert profiles["trt_profile_max_shapes"] == (
+        "queries:64x1x128,kv:64x12x64,pos_q:64x1,pos_k:64x12"
+    )
+    assert _trt_profiles(tiny(), "backbone", 8)["trt_profile_opt_shapes"] == "pixels:2x3x64x64"

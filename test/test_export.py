@@ -1,0 +1,192 @@
+"""ONNX export of the fixture's tiny model, and both engines against the reference numbers.
+
+Tolerances: float32 graphs 1e-4 * max(1, max|ref|) (the fixtures'); the float16 variants
+3e-2 * max(1, max|ref|). The tiny model is exported once per module (about 20 s on 2 cores).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from conftest import assert_close
+
+from deltaworld_ros.export.check import ParityError, check_graph
+from deltaworld_ros.export.exporter import export_model
+from deltaworld_ros.model.config import tiny
+from deltaworld_ros.model.loading import save_weights
+from deltaworld_ros.model.store import ModelDirError, read_manifest, write_manifest
+from deltaworld_ros.model.world_model import WorldModel
+from deltaworld_ros.runtime.engine import CONTEXT_INPUTS, GRAPHS, graph_file, open_engine
+from deltaworld_ros.runtime.ort_engine import OrtEngine, ProviderError
+from deltaworld_ros.runtime.torch_engine import TorchEngine
+
+B, T, K, N, C = 2, 5, 3, 16, 64
+FP16 = 3e-2
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_model, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tiny_model")
+    save_weights(tiny_model, directory)
+    write_manifest(directory, tiny_model.cfg, {"source": "shared fixtures, random weights"})
+    export_model(tiny_model, directory, read_manifest(directory).provenance, fp16=True)
+    return directory
+
+
+@pytest.fixture(scope="module", params=["onnxruntime", "onnxruntime-fp16", "torch"])
+def engine(request, model_dir):
+    if request.param == "torch":
+        return TorchEngine(model_dir)
+    precision = "fp16" if request.param.endswith("fp16") else "fp32"
+    return OrtEngine(model_dir, providers=("cpu",), strict=True, precision=precision)
+
+
+def close(engine, got, ref, name):
+    assert_close(got, ref, name, rel=FP16 if engine.precision == "fp16" else 1e-4)
+
+
+def test_the_manifest_pins_every_graph_and_records_the_export(model_dir):
+    manifest = read_manifest(model_dir)
+    for graph in GRAPHS:
+        assert manifest.has(graph_file(graph)) and manifest.has(graph_file(graph, "fp16"))
+    export = manifest.provenance["export"]
+    assert manifest.provenance["source"] == "shared fixtures, random weights"
+    assert export["torch"] == torch.__version__ and export["onnx"] == onnx.__version__
+    assert (
+        export["parity"]["decoder/fp32"]["max_error"] <= export["parity"]["decoder/fp32"]["bound"]
+    )
+
+
+def test_batch_and_context_axes_are_symbolic(model_dir):
+    for graph in GRAPHS:
+        proto = onnx.load(str(model_dir / graph_file(graph)))
+        for value in proto.graph.input:
+            dims = value.type.tensor_type.shape.dim
+            assert dims[0].dim_param, f"{graph}.{value.name} has a fixed batch"
+            if value.name in CONTEXT_INPUTS:
+                assert dims[1].dim_param, f"{graph}.{value.name} has a fixed context"
+
+
+@pytest.mark.parametrize("batch", [1, 2, 6])
+def test_backbone_matches_the_fixture(engine, fixture_arrays, batch):
+    frames = fixture_arrays["inputs/frames_uint8"].reshape(B * T, 3, 64, 64)[:batch]
+    y = engine.backbone(frames.astype(np.float32))
+    close(engine, y, fixture_arrays["out/backbone/y"].reshape(B * T, N, C)[:batch], "y")
+
+
+@pytest.mark.parametrize("batch", [1, 2, 6])
+def test_predictor_and_decoder_match_the_fixture(engine, fixture_arrays, batch):
+    w = "out/world/single"
+    z_hat = engine.predict(*(fixture_arrays[f"{w}/{k}"][:batch] for k in
+                             ("queries", "kv", "pos_q", "pos_k")))  # fmt: skip
+    close(engine, z_hat, fixture_arrays[f"{w}/z_hat"][:batch], "z_hat")
+    x = np.repeat(fixture_arrays["out/backbone/y"][:, 3], K, 0)[:batch]
+    y_hat = engine.decode(fixture_arrays[f"{w}/z_hat"][:batch], x)
+    close(engine, y_hat, fixture_arrays[f"{w}/y_hat"][:batch], "y_hat")
+
+
+def test_encoder_and_head_match_the_fixture(engine, fixture_arrays):
+    y = fixture_arrays["out/backbone/y"]
+    z = engine.encode(y[:, 1], y[:, 2])
+    close(engine, z[:, 0], fixture_arrays["out/tokenizer/encode_x_y1_y_y2"], "encode")
+    logits = engine.head(y.reshape(B * T, N, C))
+    close(engine, logits, fixture_arrays["out/heads/seg_logits_gt"].reshape(B * T, 5, 4, 4), "seg")
+
+
+def test_rollout_grows_the_context(engine, fixture_arrays):
+    """The reference rollout: context 3, then 4 tokens, K = 3 hypotheses of 2 clips (batch 6)."""
+    r = "out/world/rollout"
+    x = np.repeat(fixture_arrays[f"{r}/ctx"][:, -1], K, 0)
+    preds = []
+    for step, length in enumerate((3, 4)):
+        kv = fixture_arrays[f"{r}/kv_step{step}"]
+        assert kv.shape[1] == length
+        z_hat = engine.predict(fixture_arrays[f"{r}/queries"][step], kv,
+                               fixture_arrays[f"{r}/pos_q"][step],
+                               fixture_arrays[f"{r}/pos_k_step{step}"])  # fmt: skip
+        close(engine, z_hat[:, 0], fixture_arrays[f"{r}/z_hat"][step], f"z_hat step {step}")
+        x = engine.decode(z_hat, x)
+        preds.append(x)
+    got = np.stack(preds, 1).reshape(B, K, 2, N, C)
+    close(engine, got, fixture_arrays[f"{r}/preds"], "preds")
+
+
+def test_engines_report_where_they_run(engine):
+    assert set(engine.providers) == set(GRAPHS)
+    expected = "torch:cpu" if engine.backend == "torch" else "CPUExecutionProvider"
+    assert set(engine.providers.values()) == {expected}
+    assert engine.learned_query is None  # the fixture model samples noise queries
+
+
+def test_strict_refuses_a_provider_that_is_not_there(model_dir):
+    with pytest.raises(ProviderError, match="CoreMLExecutionProvider.*available"):
+        OrtEngine(model_dir, providers=("CoreMLExecutionProvider",), strict=True)
+
+
+def test_strict_never_falls_back_to_the_cpu(model_dir):
+    """Here CUDA is either absent, listed but failing (no GPU), or really there."""
+    try:
+        engine = OrtEngine(model_dir, providers=("cuda",), strict=True)
+    except ProviderError as err:
+        assert "CUDAExecutionProvider" in str(err)
+    else:
+        assert set(engine.providers.values()) == {"CUDAExecutionProvider"}
+
+
+def test_without_strict_an_unavailable_provider_falls_back_and_says_so(model_dir, caplog):
+    engine = OrtEngine(model_dir, providers=("CoreMLExecutionProvider", "cpu"))
+    assert set(engine.providers.values()) == {"CPUExecutionProvider"}
+    assert "CoreMLExecutionProvider" in caplog.text
+
+
+def test_a_tampered_graph_is_refused_before_any_session(model_dir, tmp_path, monkeypatch):
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    path = copy / graph_file("decoder")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    created = []
+    monkeypatch.setattr(ort, "InferenceSession", lambda *a, **k: created.append(a))
+    with pytest.raises(ModelDirError, match="decoder.onnx does not match"):
+        OrtEngine(copy, providers=("cpu",))
+    assert not created
+    (copy / graph_file("decoder")).unlink()
+    with pytest.raises(ModelDirError, match="decoder.onnx is listed in manifest.json but missing"):
+        open_engine(copy, providers=("cpu",))
+
+
+def test_a_model_dir_without_graphs_says_how_to_export(tiny_model, tmp_path):
+    save_weights(tiny_model, tmp_path)
+    write_manifest(tmp_path, tiny_model.cfg, {})
+    with pytest.raises(ModelDirError, match="deltaworld export --model-dir"):
+        OrtEngine(tmp_path, providers=("cpu",))
+
+
+def test_the_deterministic_baseline_exposes_its_learned_query(model_dir, tiny_model, tmp_path):
+    """The graphs do not depend on q_embed: reuse the exported ones with a use_bom=False model."""
+    cfg = tiny()
+    baseline = WorldModel(replace(cfg, predictor=replace(cfg.predictor, use_bom=False)))
+    baseline.load_state_dict(tiny_model.state_dict(), strict=False)
+    save_weights(baseline, tmp_path)
+    shutil.copytree(model_dir / "onnx", tmp_path / "onnx")
+    write_manifest(tmp_path, baseline.cfg, {})
+    expected = baseline.world.q_embed.weight[0].detach().numpy()
+    for backend in ("onnxruntime", "torch"):
+        engine = open_engine(tmp_path, backend=backend, providers=("cpu",))
+        np.testing.assert_array_equal(engine.learned_query, expected)
+
+
+def test_a_graph_off_its_torch_module_fails_loudly(model_dir, tiny_model):
+    off = WorldModel(tiny_model.cfg).eval()
+    off.load_state_dict(tiny_model.state_dict())
+    with torch.no_grad():
+        off.seg_head.head.bias += 0.01
+    with pytest.raises(ParityError, match=r"head .*max \|onnx - torch\| = .* exceeds the toler"):
+        check_graph(off, "head", model_dir / graph_file("head"))
