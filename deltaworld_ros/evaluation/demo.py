@@ -1,0 +1,176 @@
+"""`deltaworld demo` (`make demo`): the whole chain on the default model, on a fresh machine.
+
+1. `deltaworld synth` writes a street-world rosbag2 (images + labels);
+2. forecast_node starts as a real process (use_sim_time, its own ROS_DOMAIN_ID, discovery on
+   this machine only), the way the node tests drive it (ros/harness.py);
+3. `deltaworld replay` plays the bag into it and records what it publishes;
+4. the node is stopped with SIGINT, as ros2 launch would;
+5. `deltaworld eval --predictions` scores the published forecasts against the labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from deltaworld_ros.cli import main as cli
+from deltaworld_ros.evaluation.replay_eval import EvalError, EvalOptions, evaluate
+from deltaworld_ros.evaluation.report import summary_text, write_report
+from deltaworld_ros.model.store import ModelDirError, default_model_dir, read_manifest
+from deltaworld_ros.ros.harness import NodeProcess, domain_id, write_params
+from deltaworld_ros.ros.replay import ReplayError, ReplayOptions, replay
+
+IMAGE_TOPIC = "/camera/image_raw"
+READY = "forecasting K="  # the node's log line once its model is loaded and topics are up
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("results/demo"), help="output folder")
+    parser.add_argument("--frames", type=int, default=150, help="frames of the synthetic bag")
+    parser.add_argument("--seed", type=int, default=7, help="world seed of the synthetic bag")
+    parser.add_argument("--model", type=Path, help="model directory (default: the embedded one)")
+    parser.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime")
+    parser.add_argument("--k", type=int, default=8, help="hypotheses K")
+    parser.add_argument("--t", type=int, default=3, help="horizon steps T")
+    parser.add_argument(
+        "--rate", type=float, help="replay at this x the recorded rate (default: --fast pacing)"
+    )
+    parser.add_argument(
+        "--domain-id", type=int, help="ROS_DOMAIN_ID of the node and the replay (default: by pid)"
+    )
+    parser.add_argument("--startup-timeout", type=float, default=120.0, help="s for the node")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    start = time.monotonic()
+    model = args.model or default_model_dir()
+    try:
+        read_manifest(model)
+    except ModelDirError as err:
+        print(f"deltaworld demo: {err}", file=sys.stderr)
+        return 2
+    out = args.out
+    bag, predictions, report = out / "synth_bag", out / "predictions_bag", out / "report"
+    for path in (bag, predictions, report):  # the demo's own outputs of an earlier run
+        if path.exists():
+            shutil.rmtree(path)
+    out.mkdir(parents=True, exist_ok=True)
+    domain = args.domain_id if args.domain_id is not None else domain_id("demo")
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # node and replay
+    print(f"[demo] model {model}, ROS_DOMAIN_ID {domain}, outputs in {out}/")
+
+    print(f"[demo] 1/5 synthetic street world: {args.frames} frames -> {bag}")
+    synth = ["synth", "--out", str(bag), "--frames", str(args.frames), "--seed", str(args.seed)]
+    if cli(synth) != 0:
+        return 1
+
+    log_path = out / "node.log"
+    print(f"[demo] 2/5 starting forecast_node ({args.backend}), log {log_path}")
+    params = {
+        "use_sim_time": True,  # the node's clock is the bag's, played on /clock
+        "model_dir": str(Path(model).resolve()),
+        "backend": args.backend,
+        "num_hypotheses": args.k,
+        "horizon": args.t,
+    }
+    params_file = write_params(out / "node_params.yaml", params)
+    remap = ("-r", f"image:={IMAGE_TOPIC}")
+    with NodeProcess([params_file], domain, log_path, extra_args=remap) as node:
+        if not wait_ready(node, args.startup_timeout):
+            return 1
+        print(f"[demo] 3/5 replaying {bag} into the node, recording {predictions}")
+        try:
+            summary = run_replay(bag, predictions, args.rate, domain, not args.no_progress)
+        except ReplayError as err:
+            print(f"deltaworld demo: {err}; the node's log:\n{tail(node.log())}", file=sys.stderr)
+            return 1
+        finally:
+            code = stop_node(node)
+    print(f"[demo] 4/5 node stopped (exit code {code}); replay: {summary_line(summary)}")
+
+    print(f"[demo] 5/5 scoring the node's published forecasts -> {report}")
+    options = EvalOptions(
+        bag=bag,
+        image_topic=IMAGE_TOPIC,
+        model=model,
+        predictions=predictions,
+        backend=args.backend,
+        progress=not args.no_progress,
+    )
+    try:
+        evaluation = evaluate(options)
+    except EvalError as err:
+        print(f"deltaworld demo: {err}", file=sys.stderr)
+        return 1
+    paths = write_report(report, evaluation)
+    print(summary_text(evaluation.metrics))
+    print(
+        f"[demo] done in {time.monotonic() - start:.0f} s. Report: {paths['html']} "
+        f"(also {paths['markdown'].name}, metrics.json and the figures beside it)"
+    )
+    return 0 if evaluation.metrics["scored"] and code == 0 else 1
+
+
+def wait_ready(node: NodeProcess, timeout: float) -> bool:
+    """Until the node logs that it forecasts; False (with its log) if it exits or hangs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if READY in node.log():
+            return True
+        if not node.running():
+            print(
+                f"deltaworld demo: forecast_node exited with code {node.process.returncode} "
+                f"before it was ready; its log ({node.log_path}):\n{tail(node.log())}",
+                file=sys.stderr,
+            )
+            return False
+        time.sleep(0.2)
+    print(
+        f"deltaworld demo: forecast_node not ready after {timeout:g} s; its log:\n"
+        f"{tail(node.log())}",
+        file=sys.stderr,
+    )
+    return False
+
+
+def stop_node(node: NodeProcess, grace: float = 15.0) -> int | None:
+    """SIGINT, a clean rclpy shutdown; the exit code (None if it hangs: the with block kills)."""
+    if not node.running():
+        return node.process.returncode
+    try:
+        return node.interrupt(grace)
+    except subprocess.TimeoutExpired:
+        print(f"[demo] forecast_node still running {grace:g} s after SIGINT; killing it")
+        return None
+
+
+def run_replay(
+    bag: Path, record: Path, rate: float | None, domain: int, progress: bool
+) -> dict[str, object]:
+    options = ReplayOptions(
+        bag=bag,
+        image_topic=IMAGE_TOPIC,
+        record=record,
+        rate=rate or 1.0,
+        fast=rate is None,
+        progress=progress,
+    )
+    return replay(options, domain_id=domain)
+
+
+def summary_line(summary: dict[str, object]) -> str:
+    return (
+        f"{summary['frames published']} frames played ({summary['mode']}), "
+        f"{summary['forecasts received']} forecasts recorded, {summary['timeouts (fast)']} "
+        f"timeouts, {summary['wall s']:.1f} s"
+    )
+
+
+def tail(text: str, lines: int = 20) -> str:
+    return "\n".join(text.splitlines()[-lines:])

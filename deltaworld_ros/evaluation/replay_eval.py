@@ -1,0 +1,991 @@
+"""`deltaworld eval`: score K-hypothesis forecasts on a rosbag2, offline or as the node published.
+
+Offline (default) the streaming Forecaster runs over the bag's image topic at the recorded
+header stamps, one frame every `frame_interval` of header time (the frames its gate keeps),
+and each forecast's future stamps are the stamps of the frames that really came next: step s
+is scored against the s-th next kept frame. With --predictions the forecasts the node
+published (recorded by `deltaworld replay`) are scored instead, matched to the input frames by
+header stamp, step s against the kept frame nearest to stamp + s * step.
+
+Targets are the label topic when the bag has one, otherwise the model's own segmentation of
+the frame that really came: a pseudo-label score, which measures forecasting against the
+model's present-tense perception, not segmentation quality.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rosbags.highlevel import AnyReader
+from tqdm import tqdm
+
+from deltaworld_ros.evaluation.metrics import (
+    IGNORE,
+    confusion,
+    feature_error,
+    iou_per_class,
+    mean_iou,
+    spearman,
+)
+from deltaworld_ros.evaluation.report import summary_text, write_report
+from deltaworld_ros.io.bags import IMAGE, IMAGE_TYPES, bag_topics, read_images, read_messages
+from deltaworld_ros.io.images import stamp_ns
+from deltaworld_ros.model.config import generic_classes
+from deltaworld_ros.model.store import ModelDirError, default_model_dir, read_manifest
+from deltaworld_ros.ros.futures import decode_futures, parse_layout
+from deltaworld_ros.runtime.engine import open_engine
+from deltaworld_ros.runtime.forecaster import (
+    Forecast,
+    Forecaster,
+    ForecasterConfig,
+    FrameInput,
+    StreamOverrides,
+)
+
+BASELINES = ("most_confident", "best_of_k", "mean_of_k", "copy_last", "copy_last_target")
+RELIABILITY_BINS = 8
+LABEL_WORDS = ("label", "semantic", "segmentation")  # how --label-topic auto finds labels
+STATS_TOPIC = "/deltaworld/replay/stats"  # std_msgs/String JSON that `deltaworld replay` writes
+DIAGNOSTICS = "/diagnostics"
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring: forecasts wait for the frames they predicted, then every step is scored.
+
+
+@dataclass
+class _Pending:
+    index: int  # kept-frame index the forecast was made at
+    stamp_ns: int  # its header stamp
+    confidence: np.ndarray  # (K,)
+    hypotheses: np.ndarray  # (K, T, ...) class maps (h, w) or features (N, C)
+    last: np.ndarray | None  # copy-last prediction: the present frame's map / features
+    last_target: np.ndarray | None  # the present frame's own target (copy-last of the target)
+    targets: list[int | None]  # kept-frame index each step is scored against
+    errors: dict[int, np.ndarray] = field(default_factory=dict)  # step -> (K,) error
+
+
+class ConfidenceQuality:
+    """How the confidence ranks hypotheses by error: per step and over whole rollouts."""
+
+    def __init__(self, horizon: int, num_hypotheses: int) -> None:
+        self.rows: dict[int | None, list[dict[str, float]]] = {s: [] for s in range(horizon)}
+        self.rows[None] = []  # whole rollouts: error averaged over the scored steps
+        self.by_rank = {s: np.zeros(num_hypotheses) for s in range(horizon)}
+        self.rank_counts = {s: 0 for s in range(horizon)}
+        self.pairs: list[tuple[float, float]] = []  # (confidence, share of "is the best")
+
+    def add(self, step: int | None, confidence: np.ndarray, errors: np.ndarray) -> None:
+        order = np.argsort(-confidence, kind="stable")
+        errors = errors[order]
+        confidence = confidence[order]
+        is_best = errors <= errors.min()
+        self.rows[step].append(
+            {
+                "most_confident": float(errors[0]),
+                "random": float(errors.mean()),
+                "best": float(errors.min()),
+                "top_is_best": float(is_best[0]),
+                "chance": float(is_best.mean()),
+                "spearman": spearman(confidence, errors),
+            }
+        )
+        if step is None:
+            share = is_best / is_best.sum()
+            self.pairs.extend(zip(confidence.tolist(), share.tolist(), strict=True))
+        elif len(errors) == len(self.by_rank[step]):
+            self.by_rank[step] += errors
+            self.rank_counts[step] += 1
+
+    def summary(self, step: int | None) -> dict[str, Any]:
+        rows = self.rows[step]
+        if not rows:
+            return {"forecasts": 0}
+        out: dict[str, Any] = {"forecasts": len(rows)}
+        for key in rows[0]:
+            values = np.array([r[key] for r in rows])
+            finite = values[np.isfinite(values)]
+            out[key] = float(finite.mean()) if len(finite) else None
+        if step is not None and self.rank_counts[step]:
+            out["error_by_rank"] = (self.by_rank[step] / self.rank_counts[step]).tolist()
+        return out
+
+    def reliability(self) -> list[dict[str, float]]:
+        """Confidence in quantile bins vs how often a hypothesis of that bin was the best."""
+        if not self.pairs:
+            return []
+        conf, best = np.array(self.pairs).T
+        edges = np.unique(np.quantile(conf, np.linspace(0, 1, RELIABILITY_BINS + 1)))
+        which = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, max(len(edges) - 2, 0))
+        return [
+            {
+                "confidence": float(conf[which == b].mean()),
+                "best_rate": float(best[which == b].mean()),
+                "count": int((which == b).sum()),
+            }
+            for b in np.unique(which)
+        ]
+
+
+class _Scorer:
+    """Pending forecasts; `observe` scores every step that targets the observed frame."""
+
+    def __init__(self, horizon: int, num_hypotheses: int) -> None:
+        self.horizon = horizon
+        self.pending: list[_Pending] = []
+        self.quality = ConfidenceQuality(horizon, num_hypotheses)
+        self.horizon_s: list[list[float]] = [[] for _ in range(horizon)]
+        self.forecasts = 0
+
+    def forecast(self, entry: _Pending) -> None:
+        self.pending.append(entry)
+        self.forecasts += 1
+
+    def observe(self, index: int, stamp_ns: int, target: np.ndarray | None) -> None:
+        """Score the steps of pending forecasts that predicted kept frame `index`."""
+        if target is not None:
+            for entry in self.pending:
+                for step, wanted in enumerate(entry.targets):
+                    if wanted == index:
+                        errors = self._score(entry, step, target)
+                        if errors is not None:
+                            entry.errors[step] = errors
+                            self.quality.add(step, entry.confidence, errors)
+                            self.horizon_s[step].append((stamp_ns - entry.stamp_ns) / 1e9)
+        self.flush(index)
+
+    def flush(self, index: int | None = None) -> None:
+        """Close forecasts whose targets are all at or before `index` (all when None)."""
+        keep = []
+        for entry in self.pending:
+            wanted = [t for t in entry.targets if t is not None]
+            if index is not None and wanted and max(wanted) > index:
+                keep.append(entry)
+            elif entry.errors:
+                mean = np.mean([entry.errors[s] for s in sorted(entry.errors)], axis=0)
+                self.quality.add(None, entry.confidence, mean)
+        self.pending = keep
+
+    def _score(self, entry: _Pending, step: int, target: np.ndarray) -> np.ndarray | None:
+        raise NotImplementedError
+
+
+class ClassMapScorer(_Scorer):
+    """mIoU per step of the most confident, best-of-K (oracle per frame), all K pooled, and
+    copy-last; confidence quality on the per-frame class error 1 - mIoU."""
+
+    def __init__(self, horizon: int, num_hypotheses: int, num_classes: int) -> None:
+        super().__init__(horizon, num_hypotheses)
+        self.num_classes = num_classes
+        self.matrices = {
+            name: np.zeros((horizon, num_classes, num_classes), np.int64) for name in BASELINES
+        }
+        self.present = np.zeros((num_classes, num_classes), np.int64)  # frame's own segmentation
+
+    def score_present(self, classes: np.ndarray, target: np.ndarray) -> None:
+        """The segmentation of the frame itself against its label (a ceiling for forecasts)."""
+        self.present += confusion(resize_nearest(classes, target.shape), target, self.num_classes)
+
+    def _score(self, entry: _Pending, step: int, target: np.ndarray) -> np.ndarray | None:
+        c = self.num_classes
+        maps = resize_nearest(entry.hypotheses[:, step], target.shape)  # (K, H, W)
+        matrices = np.stack([confusion(m, target, c) for m in maps])  # (K, C, C)
+        if not matrices[0].any():
+            return None  # no labelled pixel
+        errors = 1.0 - np.array([mean_iou(m) for m in matrices])
+        best = int(np.argmin(errors))
+        top = int(np.argmax(entry.confidence))
+        self.matrices["most_confident"][step] += matrices[top]
+        self.matrices["best_of_k"][step] += matrices[best]
+        self.matrices["mean_of_k"][step] += matrices.sum(0)
+        for name, last in (("copy_last", entry.last), ("copy_last_target", entry.last_target)):
+            if last is not None:
+                last = resize_nearest(last, target.shape)
+                self.matrices[name][step] += confusion(last, target, c)
+        return errors
+
+    def summary(self) -> list[dict[str, Any]]:
+        steps = []
+        for s in range(self.horizon):
+            miou = {
+                name: _finite(mean_iou(m[s])) for name, m in self.matrices.items() if m[s].any()
+            }
+            per_class = iou_per_class(self.matrices["most_confident"][s])
+            steps.append(
+                {
+                    "step": s + 1,
+                    "horizon_s": _mean(self.horizon_s[s]),
+                    "scored": len(self.horizon_s[s]),
+                    "miou": miou,
+                    "iou_most_confident_per_class": [_finite(v) for v in per_class],
+                    "confidence": self.quality.summary(s),
+                }
+            )
+        return steps
+
+
+class FeatureScorer(_Scorer):
+    """Feature MSE per step of best-of-K, mean-of-K (a random hypothesis), the most confident
+    and copy-last (the present frame's features); confidence quality on the same error."""
+
+    def __init__(self, horizon: int, num_hypotheses: int) -> None:
+        super().__init__(horizon, num_hypotheses)
+        self.values: dict[str, list[list[float]]] = {
+            name: [[] for _ in range(horizon)]
+            for name in ("best_of_k", "mean_of_k", "most_confident", "copy_last")
+        }
+
+    def _score(self, entry: _Pending, step: int, target: np.ndarray) -> np.ndarray:
+        errors = feature_error(entry.hypotheses[:, step], target)  # (K,)
+        self.values["best_of_k"][step].append(float(errors.min()))
+        self.values["mean_of_k"][step].append(float(errors.mean()))
+        self.values["most_confident"][step].append(float(errors[np.argmax(entry.confidence)]))
+        if entry.last is not None:
+            self.values["copy_last"][step].append(float(feature_error(entry.last, target)))
+        return errors
+
+    def summary(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "step": s + 1,
+                "horizon_s": _mean(self.horizon_s[s]),
+                "scored": len(self.horizon_s[s]),
+                "feature_mse": {n: _mean(v[s]) for n, v in self.values.items() if v[s]},
+                "confidence": self.quality.summary(s),
+            }
+            for s in range(self.horizon)
+        ]
+
+
+def resize_nearest(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of class maps (..., h, w) -> (..., H, W)."""
+    h, w = maps.shape[-2:]
+    if (h, w) == tuple(size):
+        return maps
+    rows = (np.arange(size[0]) * h) // size[0]
+    cols = (np.arange(size[1]) * w) // size[1]
+    return maps[..., rows[:, None], cols[None, :]]
+
+
+def _mean(values: Iterable[float]) -> float | None:
+    values = np.array(list(values), np.float64)
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if len(values) else None
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+# --------------------------------------------------------------------------------------------
+# Frames: the ones the Forecaster's gate keeps, in segments between history restarts.
+
+
+@dataclass
+class KeptFrame:
+    index: int  # position among kept frames
+    message: int  # position among the topic's messages
+    stamp_ns: int  # header stamp
+    rgb: np.ndarray  # (H, W, 3) uint8
+    segment: int  # increases at every history restart
+
+
+@dataclass
+class FrameStats:
+    messages: int = 0
+    undecodable: int = 0
+    errors: Counter = field(default_factory=Counter)  # decode error -> count
+    gated: int = 0
+    kept: int = 0
+    restarts: Counter = field(default_factory=Counter)  # reason -> count
+    read_s: list[float] = field(default_factory=list)  # bag read + decode, per message
+
+
+class Gate:
+    """The Forecaster's frame gate replayed on header stamps: which frames it keeps, one per
+    `interval_s` of header time, and where it restarts its history (a stamp going back, a gap
+    over `max_gap` intervals, a new resolution)."""
+
+    def __init__(self, interval_s: float, tolerance: float, max_gap: float) -> None:
+        self.interval_ns = interval_s * 1e9
+        self.tolerance = tolerance
+        self.max_gap = max_gap
+        self.last_seen: int | None = None
+        self.last_kept: int | None = None
+        self.shape: tuple[int, ...] | None = None
+
+    def admit(self, stamp: int, shape: tuple[int, ...] | None) -> tuple[bool, str | None]:
+        """(kept, restart reason or None) for the next frame."""
+        reason = None
+        if self.shape is not None and shape is not None and shape != self.shape:
+            reason = "resolution changed"
+        elif self.last_seen is not None and stamp < self.last_seen:
+            reason = "stamp went backwards"
+        elif (
+            self.last_kept is not None and stamp - self.last_kept > self.max_gap * self.interval_ns
+        ):
+            reason = "gap in stamps"
+        self.last_seen, self.shape = stamp, shape or self.shape
+        if (
+            reason is None
+            and self.last_kept is not None
+            and stamp - self.last_kept < (1 - self.tolerance) * self.interval_ns
+        ):
+            return False, None
+        self.last_kept = stamp
+        return True, reason
+
+
+def keep_frames(frames: Iterable[Any], gate: Gate, stats: FrameStats) -> Iterator[KeptFrame]:
+    """Decoded frames (io.bags.BagFrame) that `gate` keeps, numbered, with a new segment at
+    every restart. Undecodable frames are counted in `stats` and skipped."""
+    segment = index = 0
+    source = iter(frames)
+    while True:
+        start = time.perf_counter()
+        frame = next(source, None)
+        if frame is None:
+            return
+        stats.read_s.append(time.perf_counter() - start)
+        stats.messages += 1
+        if frame.image is None:
+            stats.undecodable += 1
+            stats.errors[frame.error] += 1
+            continue
+        kept, reason = gate.admit(frame.stamp_ns, frame.image.shape)
+        if reason is not None:
+            stats.restarts[reason] += 1
+            segment += 1
+        if not kept:
+            stats.gated += 1
+            continue
+        stats.kept += 1
+        yield KeptFrame(index, stats.messages - 1, frame.stamp_ns, frame.image, segment)
+        index += 1
+
+
+def with_futures(
+    kept: Iterable[KeptFrame], horizon: int
+) -> Iterator[tuple[KeptFrame, list[KeptFrame]]]:
+    """Each kept frame with the (up to) `horizon` kept frames that came next in its segment."""
+    window: deque[KeptFrame] = deque()
+
+    def pop() -> tuple[KeptFrame, list[KeptFrame]]:
+        head = window.popleft()
+        return head, [f for f in window if f.segment == head.segment]
+
+    for frame in kept:
+        window.append(frame)
+        if len(window) > horizon:
+            yield pop()
+    while window:
+        yield pop()
+
+
+# --------------------------------------------------------------------------------------------
+# Forecast sources: the offline Forecaster, or the node's recorded messages.
+
+
+@dataclass
+class Published:
+    """One forecast as the node published it."""
+
+    classes: np.ndarray  # (K, T, h, w)
+    confidence: np.ndarray  # (K,)
+
+
+@dataclass
+class Example:
+    """One forecast with what really came, for the report's mosaics."""
+
+    stamp_s: float  # header stamp of the present frame
+    offset_s: float  # seconds since the first frame of the bag
+    frames: list[np.ndarray | None]  # RGB: the present frame, then the frame of each step
+    targets: list[np.ndarray | None]  # the same frames' labels / pseudo-labels
+    indices: list[int | None]  # kept-frame index of each of them
+    hypotheses: np.ndarray  # (K, T, h, w)
+    confidence: np.ndarray  # (K,)
+    horizon_s: list[float | None]  # seconds from the present to each step's frame
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, Any]
+    examples: list[Example]
+    class_names: list[str]
+    palette: np.ndarray  # (classes, 3) uint8
+
+
+class EvalError(RuntimeError):
+    """An input the evaluation cannot work with; the message says which and how to fix it."""
+
+
+@dataclass
+class EvalOptions:
+    bag: Path
+    image_topic: str
+    label_topic: str | None = "auto"  # "auto": the bag's label topic if it has one; None: none
+    model: Path | None = None  # None: the default model
+    k: int = 8
+    t: int = 3
+    predictions: Path | None = None  # a bag recorded by `deltaworld replay`
+    futures_topic: str = "/deltaworld/futures"
+    backend: str | None = None  # None: open_engine's default
+    threads: int | None = None  # None: the backend's default
+    seed: int = 0
+    examples: int = 3
+    progress: bool = True
+
+
+def evaluate(options: EvalOptions) -> Evaluation:
+    """Read the bag, run or read the forecasts, score every step; see the module docstring."""
+    return Evaluator(options).run()
+
+
+class Evaluator:
+    """One evaluation: the inputs it resolved at the start, and the scores it accumulates."""
+
+    def __init__(self, options: EvalOptions) -> None:
+        self.options = options
+        topics = _bag_topics(options.bag, "input bag")
+        image_types = {t: m for t, m in topics.items() if m in IMAGE_TYPES}
+        if options.image_topic not in image_types:
+            listing = ", ".join(f"{t} ({m})" for t, m in image_types.items()) or "none"
+            what = "is not an image topic" if options.image_topic in topics else "is not in the bag"
+            raise EvalError(
+                f"--image-topic {options.image_topic} {what} {options.bag}; its image topics "
+                f"are: {listing}"
+            )
+        self.notes: list[str] = []
+        self.label_topic = _label_topic(options, image_types)
+        self.labels: dict[int, np.ndarray] = {}
+        if self.label_topic:
+            self.labels, errors = _read_labels(options.bag, self.label_topic)
+            if errors:
+                self.notes.append(f"{errors} label message(s) could not be decoded, not used")
+        self.recording = None
+        self.published: dict[int, deque[Published]] = {}
+        if options.predictions is not None:
+            self.recording = read_published(options.predictions, options.futures_topic, self.notes)
+            self.published = {k: deque(v) for k, v in self.recording.published.items()}
+            layout = self.recording.layout
+            self.num_hypotheses, self.horizon = int(layout["K"]), int(layout["T"])
+        else:
+            self.num_hypotheses, self.horizon = options.k, options.t
+        # The model runs for offline forecasts, and for pseudo-labels of the node's forecasts.
+        self.forecaster: Forecaster | None = None
+        self.model_info: dict[str, Any] = {}
+        if options.predictions is None or not self.label_topic:
+            self.forecaster, self.model_info = _open_forecaster(
+                options, self.num_hypotheses, self.horizon
+            )
+            model = self.forecaster.engine.config
+            self.interval_s = self.forecaster.frame_interval
+            names, palette = list(model.head.class_names), model.head.palette
+        else:
+            self.interval_s = float(layout["step_seconds"])
+            names, palette = list(layout.get("class_names", [])), layout.get("palette", [])
+        label_ids = (int(v[v != IGNORE].max(initial=0)) + 1 for v in self.labels.values())
+        num_classes = max(len(names), max(label_ids, default=0), 1)
+        self.class_names, self.palette = _complete_classes(
+            names, np.array(palette, np.uint8).reshape(-1, 3), num_classes
+        )
+        self.classes = ClassMapScorer(self.horizon, self.num_hypotheses, num_classes)
+        self.features = (
+            FeatureScorer(self.horizon, self.num_hypotheses) if self.forecaster else None
+        )
+        self.stats = FrameStats()
+        self.timings: list[dict[str, float]] = []
+        self.matched: Counter = Counter()
+        self.examples: list[Example] = []
+        self.first_stamp: int | None = None
+
+    def run(self) -> Evaluation:
+        options = self.options
+        gating = self.forecaster.config if self.forecaster else ForecasterConfig()  # the node's
+        gate = Gate(self.interval_s, gating.gate_tolerance, gating.max_gap)
+        kept = keep_frames(read_images(options.bag, options.image_topic), gate, self.stats)
+        total = _message_count(options.bag, options.image_topic)
+        every = total / options.examples
+        self.thresholds = deque((i + 0.5) * every for i in range(options.examples))
+        with tqdm(total=total, unit="msg", desc="eval", disable=not options.progress) as bar:
+            for frame, futures in with_futures(kept, self.horizon):
+                bar.update(frame.message + 1 - bar.n)
+                self.step(frame, futures)
+            bar.update(total - bar.n)
+        self.classes.flush()
+        if self.features is not None:
+            self.features.flush()
+        unmatched = sum(len(q) for q in self.published.values())
+        if unmatched:
+            self.matched["published forecasts with no input frame of that stamp"] = unmatched
+        examples = [e for e in self.examples if all(t is not None for t in e.targets[1:])]
+        return Evaluation(self.metrics(), examples, self.class_names, self.palette)
+
+    def step(self, frame: KeptFrame, futures: list[KeptFrame]) -> None:
+        """One kept frame: score what predicted it, then take the forecast made at it."""
+        self.first_stamp = frame.stamp_ns if self.first_stamp is None else self.first_stamp
+        offline = self._offline(frame, futures) if self.forecaster is not None else None
+        label = self.labels.get(frame.stamp_ns) if self.label_topic else None
+        if self.label_topic:
+            target = label
+        else:
+            target = offline.current_classes if offline is not None else None
+        if label is not None and offline is not None:
+            self.classes.score_present(offline.current_classes, label)
+        self.classes.observe(frame.index, frame.stamp_ns, target)
+        if offline is not None:
+            self.features.observe(frame.index, frame.stamp_ns, offline.current_features)
+            self.features.forecast(
+                _Pending(
+                    frame.index,
+                    frame.stamp_ns,
+                    offline.confidence,
+                    offline.features,
+                    offline.current_features,
+                    None,
+                    _pad([f.index for f in futures], self.horizon),
+                )
+            )
+        for example in self.examples:
+            for i, wanted in enumerate(example.indices):
+                if wanted == frame.index:
+                    example.targets[i] = target
+
+        if self.options.predictions is not None:
+            queue = self.published.get(frame.stamp_ns)
+            node = queue.popleft() if queue else None
+            if node is None:
+                self.matched["input frames the node did not forecast"] += 1
+                return
+            self.matched["forecasts matched to input frames"] += 1
+            chosen = _nearest_futures(frame, futures, self.interval_s, self.horizon)
+            hypotheses, confidence = node.classes, node.confidence
+        elif offline is not None:
+            chosen = _pad(futures, self.horizon)
+            hypotheses, confidence = offline.classes, offline.confidence
+        else:
+            return
+        self.classes.forecast(
+            _Pending(
+                frame.index,
+                frame.stamp_ns,
+                confidence,
+                hypotheses,
+                offline.current_classes if offline is not None else None,
+                target,
+                [f.index if f is not None else None for f in chosen],
+            )
+        )
+        if self.thresholds and frame.message >= self.thresholds[0] and None not in chosen:
+            self.thresholds.popleft()
+            self.examples.append(
+                Example(
+                    stamp_s=frame.stamp_ns / 1e9,
+                    offset_s=(frame.stamp_ns - self.first_stamp) / 1e9,
+                    frames=[frame.rgb] + [f.rgb for f in chosen],
+                    targets=[target] + [None] * self.horizon,
+                    indices=[frame.index] + [f.index for f in chosen],
+                    hypotheses=hypotheses,
+                    confidence=confidence,
+                    horizon_s=[0.0] + [(f.stamp_ns - frame.stamp_ns) / 1e9 for f in chosen],
+                )
+            )
+
+    def _offline(self, frame: KeptFrame, futures: list[KeptFrame]) -> Forecast | None:
+        """The Forecaster on this frame, told the true stamps of the frames that came next
+        (the nominal grid past the end of the segment)."""
+        stamp = frame.stamp_ns / 1e9
+        future = [f.stamp_ns / 1e9 for f in futures]
+        future += [stamp + self.interval_s * s for s in range(len(future) + 1, self.horizon + 1)]
+        stream = self.options.image_topic
+        forecast = self.forecaster.process(
+            [FrameInput(stream, stamp, frame.rgb)],
+            {stream: StreamOverrides(future_stamps=future)},
+        )[0]
+        if forecast is not None:
+            self.timings.append(forecast.timings)
+        return forecast
+
+    def metrics(self) -> dict[str, Any]:
+        """Everything the report shows, as plain JSON."""
+        options, stats, notes = self.options, self.stats, self.notes
+        offline = options.predictions is None
+        if self.label_topic:
+            target = {"kind": "labels", "topic": self.label_topic}
+        else:
+            target = {
+                "kind": "pseudo-labels",
+                "topic": None,
+                "meaning": "the bag has no label topic: forecasts are scored against the "
+                "model's own segmentation of the frame that really came (a pseudo-label score: "
+                "it measures forecasting, not segmentation quality)",
+            }
+        if stats.undecodable:
+            notes.append(
+                f"{stats.undecodable} of {stats.messages} frame(s) could not be decoded; they "
+                "were skipped and the scores cover the good frames"
+            )
+        for reason, count in stats.restarts.items():
+            extra = " (does the bag loop?)" if reason == "stamp went backwards" else ""
+            notes.append(
+                f"{reason}{extra}: {count} time(s); the Forecaster restarted its history each "
+                "time and forecasts are scored only against frames of their own segment"
+            )
+        if self.features is None:
+            notes.append(
+                "feature metrics omitted: the node publishes class maps, not features "
+                "(run `deltaworld eval` without --predictions for them)"
+            )
+        elif not offline:
+            notes.append(
+                "feature metrics come from an offline run of the model on the same frames (the "
+                "node publishes no features); class-map metrics are the node's"
+            )
+        class_steps = self.classes.summary()
+        scored = sum(s["scored"] for s in class_steps)
+        if not scored:
+            notes.append("no forecast could be scored (see the frame counts)")
+        frames: dict[str, Any] = {
+            "messages": stats.messages,
+            "decoded": stats.messages - stats.undecodable,
+            "undecodable": stats.undecodable,
+            "decode_errors": dict(stats.errors.most_common(5)),
+            "kept": stats.kept,
+            "gated": stats.gated,
+            "restarts": dict(stats.restarts),
+        }
+        if self.forecaster is not None:
+            frames["forecaster"] = {k: dict(v) for k, v in self.forecaster.stats.items()}
+        present = self.classes.present
+        metrics: dict[str, Any] = {
+            "mode": "offline" if offline else "predictions",
+            "forecasts_from": "offline Forecaster run"
+            if offline
+            else f"node messages on {options.futures_topic} in {options.predictions}",
+            "bag": str(options.bag),
+            "image_topic": options.image_topic,
+            "target": target,
+            "model": self.model_info,
+            "K": self.num_hypotheses,
+            "T": self.horizon,
+            "frame_interval_s": self.interval_s,
+            "seed": options.seed if self.forecaster is not None else None,
+            "frames": frames,
+            "scored": scored > 0,
+            "class_maps": {
+                "forecasts": self.classes.forecasts,
+                "class_names": self.class_names,
+                "steps": class_steps,
+                "rollout_confidence": self.classes.quality.summary(None),
+                "reliability": self.classes.quality.reliability(),
+                "present_miou": _finite(mean_iou(present)) if present.any() else None,
+            },
+            "latency_ms": _latency(self.timings, stats.read_s, self.recording),
+            "notes": notes,
+        }
+        if self.recording is not None:
+            metrics["predictions"] = dict(self.matched)
+            metrics["replay"] = self.recording.replay
+            metrics["node"] = self.recording.node
+        if self.features is not None:
+            metrics["features"] = {
+                "source": "offline Forecaster run",
+                "error": "mean squared error over patches and channels",
+                "steps": self.features.summary(),
+                "rollout_confidence": self.features.quality.summary(None),
+                "reliability": self.features.quality.reliability(),
+            }
+        return metrics
+
+
+@dataclass
+class Recording:
+    """What `deltaworld replay` recorded of the node."""
+
+    published: dict[int, list[Published]]  # header stamp (ns) -> forecasts in published order
+    layout: dict[str, Any]  # the futures layout
+    replay: dict[str, Any]  # the replay's statistics (STATS_TOPIC)
+    node: dict[str, Any]  # the node's own /diagnostics: counters, stage times
+
+
+def read_published(bag: Path, futures_topic: str, notes: list[str]) -> Recording:
+    """The node's forecasts, layout and diagnostics in a bag recorded by `deltaworld replay`."""
+    confidence_topic, layout_topic = f"{futures_topic}/confidence", f"{futures_topic}/layout"
+    topics = _bag_topics(bag, "predictions bag")
+    for topic, why in ((futures_topic, "the forecasts"), (layout_topic, "K, T and step")):
+        if topic not in topics:
+            listing = ", ".join(f"{t} ({m})" for t, m in topics.items()) or "none"
+            raise EvalError(
+                f"{topic} ({why}) is not in the predictions bag {bag}; it has: {listing}. "
+                "Record the node with `deltaworld replay --record` (pass --futures-topic if the "
+                "node publishes under another name)"
+            )
+    everything = (futures_topic, confidence_topic, layout_topic, STATS_TOPIC, DIAGNOSTICS)
+    wanted = [t for t in everything if t in topics]
+    futures: dict[int, list[Any]] = {}  # header stamp -> messages (a looping bag repeats stamps)
+    confidences: dict[int, list[Any]] = {}
+    layout_msg = None
+    replay: dict[str, Any] = {}
+    diagnostics: list[Any] = []
+    for message in read_messages(bag, wanted):
+        if message.topic == layout_topic:
+            layout_msg = message.msg
+        elif message.topic == STATS_TOPIC:
+            replay = json.loads(message.msg.data)
+        elif message.topic == DIAGNOSTICS:
+            diagnostics.append(message.msg)
+        else:
+            target = futures if message.topic == futures_topic else confidences
+            target.setdefault(stamp_ns(message.msg.header), []).append(message.msg)
+    if layout_msg is None:
+        raise EvalError(f"no message on {layout_topic} in {bag}: cannot cut the futures tiles")
+    layout = parse_layout(layout_msg)
+    if confidence_topic not in topics:
+        notes.append(
+            f"{confidence_topic} was not recorded: every hypothesis is scored with equal "
+            "confidence, so the confidence quality numbers say nothing"
+        )
+    published: dict[int, list[Published]] = {}
+    failures: Counter = Counter()
+    uniform = np.full(int(layout["K"]), 1 / int(layout["K"]), np.float32)
+    for stamp, messages in futures.items():
+        paired = confidences.get(stamp, [])
+        for i, msg in enumerate(messages):
+            confidence_msg = paired[i] if i < len(paired) else None
+            if confidence_msg is None and confidence_topic in topics:
+                failures["no confidence message of the same stamp"] += 1
+                continue
+            try:
+                classes, confidence = decode_futures(msg, confidence_msg, layout)
+            except ValueError as err:
+                failures[str(err)] += 1
+                continue
+            confidence = uniform if confidence is None else confidence
+            published.setdefault(stamp, []).append(Published(classes, confidence))
+    for reason, count in failures.items():
+        notes.append(f"{count} published forecast(s) not scored: {reason}")
+    return Recording(published, layout, replay, node_diagnostics(diagnostics))
+
+
+def node_diagnostics(messages: list[Any]) -> dict[str, Any]:
+    """The node's totals (last report of each status) and its stage times: per stage the mean
+    of the periods' means and the worst period's p95, in ms."""
+    totals: dict[str, dict[str, str]] = {}
+    means: dict[str, list[float]] = {}
+    p95: dict[str, list[float]] = {}
+    for message in messages:
+        for status in message.status:
+            if not status.name.startswith("deltaworld"):
+                continue
+            values = {kv.key: kv.value for kv in status.values}
+            totals[status.name] = values
+            for key, value in values.items():
+                for suffix, store in ((" mean ms", means), (" p95 ms", p95)):
+                    if key.endswith(suffix):
+                        store.setdefault(key[: -len(suffix)], []).append(float(value))
+    stages = {
+        stage: {"mean": float(np.mean(v)), "p95": float(np.max(p95.get(stage, v)))}
+        for stage, v in means.items()
+    }
+    return {"reports": len(messages), "status": totals, "stage_ms": stages}
+
+
+def _bag_topics(bag: Path, what: str) -> dict[str, str]:
+    try:
+        return bag_topics(bag)
+    except FileNotFoundError as err:
+        raise EvalError(str(err)) from err
+    except Exception as err:  # rosbags raises its own errors for unreadable metadata
+        raise EvalError(f"cannot read the {what} {bag}: {err}") from err
+
+
+def _label_topic(options: EvalOptions, image_types: dict[str, str]) -> str | None:
+    """The label topic to score against: the given one, or with "auto" the bag's Image topic
+    named like labels (none: score against pseudo-labels)."""
+    if options.label_topic in (None, "", "none"):
+        return None
+    if options.label_topic != "auto":
+        if options.label_topic not in image_types:
+            listing = ", ".join(image_types) or "none"
+            raise EvalError(
+                f"--label-topic {options.label_topic} is not an image topic of {options.bag}; "
+                f"its image topics are: {listing} (or pass --label-topic none)"
+            )
+        return options.label_topic
+    candidates = [
+        t
+        for t, m in image_types.items()
+        if m == IMAGE and t != options.image_topic and any(w in t for w in LABEL_WORDS)
+    ]
+    return candidates[0] if len(candidates) == 1 else None
+
+
+def _read_labels(bag: Path, topic: str) -> tuple[dict[int, np.ndarray], int]:
+    """Every decodable label map by header stamp (ns), and how many could not be decoded."""
+    labels, errors = {}, 0
+    for frame in read_images(bag, topic, labels=True):
+        if frame.image is None:
+            errors += 1
+        else:
+            labels[frame.stamp_ns] = frame.image
+    return labels, errors
+
+
+def _message_count(bag: Path, topic: str) -> int:
+    with AnyReader([Path(bag)]) as reader:
+        return sum(c.msgcount for c in reader.connections if c.topic == topic)
+
+
+def _open_forecaster(
+    options: EvalOptions, num_hypotheses: int, horizon: int
+) -> tuple[Forecaster, dict[str, Any]]:
+    model_dir = Path(options.model) if options.model else default_model_dir()
+    try:
+        manifest = read_manifest(model_dir)
+        backend = {"backend": options.backend} if options.backend else {}
+        engine = open_engine(model_dir, threads=options.threads, **backend)
+    except (ModelDirError, OSError, ValueError) as err:
+        raise EvalError(f"cannot open the model {model_dir}: {err}") from err
+    config = ForecasterConfig(
+        num_hypotheses=num_hypotheses, horizon=horizon, seed=options.seed, keep_features=True
+    )
+    info = {
+        "dir": str(model_dir),
+        "name": manifest.config.name,
+        "backend": engine.backend,
+        "providers": dict(engine.providers),
+        "provenance": manifest.provenance,
+    }
+    return Forecaster(engine, config), info
+
+
+def _complete_classes(
+    names: list[str], palette: np.ndarray, count: int
+) -> tuple[list[str], np.ndarray]:
+    """Names and colours for `count` classes; label ids past the model's get generic ones."""
+    generic_names, generic_palette = generic_classes(count)
+    names = names + list(generic_names[len(names) :])
+    palette = np.concatenate([palette, np.array(generic_palette, np.uint8)[len(palette) :]])
+    return names, palette
+
+
+def _pad(items: list[Any], length: int) -> list[Any]:
+    return items + [None] * (length - len(items))
+
+
+def _nearest_futures(
+    frame: KeptFrame, futures: list[KeptFrame], step_s: float, horizon: int
+) -> list[KeptFrame | None]:
+    """For each step of a published forecast (frame stamp + s * step), the kept frame nearest
+    to that time, if one lies within half a step of it."""
+    chosen: list[KeptFrame | None] = []
+    for s in range(1, horizon + 1):
+        expected = frame.stamp_ns + s * step_s * 1e9
+        near = min(futures, key=lambda f: abs(f.stamp_ns - expected), default=None)
+        ok = near is not None and abs(near.stamp_ns - expected) <= 0.5 * step_s * 1e9
+        chosen.append(near if ok else None)
+    return chosen
+
+
+def _latency(
+    timings: list[dict[str, float]], read_s: list[float], recording: Recording | None
+) -> dict[str, dict[str, float]]:
+    """Per stage in ms: mean, median and 95th percentile of this run's stages (reading the
+    bag; the offline Forecaster's), and the node's own stage times and the replay's round trip
+    (mean and p95) when its recording is scored."""
+    stages = {"eval: read+decode": read_s}
+    for stage in dict.fromkeys(k for t in timings for k in t):
+        stages[f"offline: {stage}"] = [t.get(stage, 0.0) for t in timings]
+    out = {
+        stage: {
+            "mean": 1e3 * float(np.mean(v)),
+            "p50": 1e3 * float(np.percentile(v, 50)),
+            "p95": 1e3 * float(np.percentile(v, 95)),
+            "count": len(v),
+        }
+        for stage, v in stages.items()
+        if v
+    }
+    if recording is not None:
+        out.update(recording.node["stage_ms"])
+        replay = recording.replay
+        if replay.get("round trip mean ms") is not None:
+            out["replay: publish -> forecast received"] = {
+                "mean": replay["round trip mean ms"],
+                "p95": replay["round trip p95 ms"],
+            }
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Command line.
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bag", required=True, type=Path, help="rosbag2 (sqlite3 or mcap)")
+    parser.add_argument("--image-topic", required=True, help="Image or CompressedImage topic")
+    parser.add_argument(
+        "--label-topic",
+        default="auto",
+        help="class-id Image topic to score against; 'auto' (default): the bag's topic named "
+        "like labels, if exactly one; 'none': pseudo-labels (the model's own segmentation)",
+    )
+    parser.add_argument("--model", type=Path, help="model directory (default: the embedded one)")
+    parser.add_argument("--backend", choices=("onnxruntime", "torch"), help="default onnxruntime")
+    parser.add_argument(
+        "--threads", type=int, help="CPU threads of the engine (default: the backend's choice)"
+    )
+    parser.add_argument("--out", type=Path, help="report directory (default: <bag>_eval)")
+    parser.add_argument("--k", type=int, default=8, help="hypotheses K (offline run)")
+    parser.add_argument("--t", type=int, default=3, help="horizon steps T (offline run)")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed of the offline run")
+    parser.add_argument(
+        "--predictions",
+        type=Path,
+        help="bag recorded by `deltaworld replay`: score the node's published forecasts",
+    )
+    parser.add_argument("--futures-topic", default="/deltaworld/futures")
+    parser.add_argument("--examples", type=int, default=3, help="example mosaics in the report")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    for name, value in (("--k", args.k), ("--t", args.t), ("--examples", args.examples + 1)):
+        if value < 1:
+            print(f"deltaworld eval: {name} must be >= 1, got {value}", file=sys.stderr)
+            return 2
+    options = EvalOptions(
+        bag=args.bag,
+        image_topic=args.image_topic,
+        label_topic=args.label_topic,
+        model=args.model,
+        k=args.k,
+        t=args.t,
+        predictions=args.predictions,
+        futures_topic=args.futures_topic,
+        backend=args.backend,
+        threads=args.threads,
+        seed=args.seed,
+        examples=args.examples,
+        progress=not args.no_progress,
+    )
+    out = args.out or args.bag.with_name(args.bag.name.rstrip("/") + "_eval")
+    try:
+        evaluation = evaluate(options)
+    except EvalError as err:
+        print(f"deltaworld eval: {err}", file=sys.stderr)
+        return 2
+    paths = write_report(out, evaluation)
+    print(summary_text(evaluation.metrics))
+    print(f"report: {paths['markdown']} (+ {paths['html'].name}, metrics.json, figures)")
+    return 0 if evaluation.metrics["scored"] else 1

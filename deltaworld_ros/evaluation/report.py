@@ -1,0 +1,477 @@
+"""The evaluation report: metrics.json, report.md and report.html with PNG figures.
+
+Both documents are rendered from one list of blocks (heading, paragraph, list, table, figure),
+so they always say the same thing.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+if TYPE_CHECKING:
+    from deltaworld_ros.evaluation.replay_eval import Evaluation, Example
+
+LINES = {  # baseline -> (legend, style)
+    "most_confident": ("most confident", "o-"),
+    "best_of_k": ("best of K (oracle)", "s-"),
+    "mean_of_k": ("mean of K", "^-"),
+    "copy_last": ("copy last (model's segmentation)", "x--"),
+    "copy_last_target": ("copy last target", "+:"),
+}
+
+
+@dataclass
+class Block:
+    kind: str  # "h1", "h2", "p", "list", "table", "figure"
+    body: Any  # text, list of texts, (header, rows) or (path, caption)
+
+
+def write_report(out: Path, evaluation: Evaluation) -> dict[str, Path]:
+    """metrics.json, figures and both documents into `out`; returns their paths."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = evaluation.metrics
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    figures = {"horizon": plot_horizon(metrics, out / "horizon.png")}
+    if metrics["class_maps"]["rollout_confidence"].get("forecasts"):
+        figures["confidence"] = plot_confidence(metrics, out / "confidence.png")
+    if metrics["latency_ms"]:
+        figures["latency"] = plot_latency(metrics, out / "latency.png")
+    for i, example in enumerate(evaluation.examples):
+        figures[f"example {i + 1}"] = plot_example(
+            example, evaluation.palette, metrics, out / f"example_{i + 1}.png"
+        )
+    blocks = report_blocks(metrics, figures)
+    paths = {"markdown": out / "report.md", "html": out / "report.html"}
+    paths["json"] = out / "metrics.json"
+    paths["markdown"].write_text(to_markdown(blocks))
+    paths["html"].write_text(to_html(blocks, title=blocks[0].body))
+    return paths
+
+
+# --------------------------------------------------------------------------------------------
+# Text
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def target_phrase(metrics: dict[str, Any]) -> str:
+    target = metrics["target"]
+    if target["kind"] == "labels":
+        return f"labels of {target['topic']}"
+    return "PSEUDO-LABELS (the model's own segmentation of the frame that really came)"
+
+
+def summary_text(metrics: dict[str, Any]) -> str:
+    """A few lines for the terminal."""
+    frames = metrics["frames"]
+    lines = [
+        f"{metrics['mode']} evaluation of {metrics['bag']} {metrics['image_topic']}: "
+        f"{frames['messages']} messages, {frames['undecodable']} undecodable, "
+        f"{frames['kept']} kept, restarts {frames['restarts'] or 0}",
+        f"scored against {target_phrase(metrics)}",
+    ]
+    for step in metrics["class_maps"]["steps"]:
+        miou = step["miou"]
+        lines.append(
+            f"  step {step['step']} (+{_num(step['horizon_s'], 2)} s, {step['scored']} scored): "
+            + ", ".join(f"{LINES[k][0]} mIoU {_num(v)}" for k, v in miou.items() if k in LINES)
+        )
+    quality = metrics["class_maps"]["rollout_confidence"]
+    if quality.get("forecasts"):
+        lines.append(
+            f"  confidence: most confident is the best {_num(quality['top_is_best'], 2)} of the "
+            f"time (chance {_num(quality['chance'], 2)}), Spearman(conf, error) "
+            f"{_num(quality['spearman'], 2)}"
+        )
+    lines += [f"  note: {n}" for n in metrics["notes"]]
+    return "\n".join(lines)
+
+
+def report_blocks(metrics: dict[str, Any], figures: dict[str, Path]) -> list[Block]:
+    frames = metrics["frames"]
+    k = metrics["K"]
+    blocks = [
+        Block("h1", f"Forecast evaluation: {Path(metrics['bag']).name} {metrics['image_topic']}"),
+        Block(
+            "p",
+            f"Mode: **{metrics['mode']}** (forecasts from {metrics['forecasts_from']}). "
+            f"K = {k} hypotheses, T = {metrics['T']} steps every "
+            f"{metrics['frame_interval_s']:.3f} s of header time. Scored against "
+            f"**{target_phrase(metrics)}**.",
+        ),
+    ]
+    if metrics["target"]["kind"] != "labels":
+        blocks.append(Block("p", "This is a pseudo-label score: " + metrics["target"]["meaning"]))
+    if metrics.get("model"):
+        model = metrics["model"]
+        blocks.append(Block("p", f"Model: {model['name']} ({model['dir']}), {model['backend']}."))
+    if metrics["notes"]:
+        blocks += [Block("h2", "Notes"), Block("list", metrics["notes"])]
+    rows = [
+        ["messages on the topic", frames["messages"]],
+        ["decoded", frames["decoded"]],
+        ["undecodable (skipped)", frames["undecodable"]],
+        ["kept at the model's frame interval", frames["kept"]],
+        ["skipped between kept frames", frames["gated"]],
+    ]
+    rows += [[f"history restarts: {r}", n] for r, n in frames["restarts"].items()]
+    rows += [[f"decode error: {e[:90]}", n] for e, n in frames["decode_errors"].items()]
+    rows += [[k_, v] for k_, v in metrics.get("predictions", {}).items()]
+    blocks += [Block("h2", "Frames"), Block("table", (["", "count"], rows))]
+
+    cm = metrics["class_maps"]
+    blocks.append(Block("h2", "Class maps: mIoU per horizon step"))
+    if cm["present_miou"] is not None:
+        blocks.append(
+            Block(
+                "p",
+                f"Segmentation of the present frame itself: mIoU {cm['present_miou']:.3f} "
+                "(a ceiling for the forecasts).",
+            )
+        )
+    names = [n for n in LINES if any(n in s["miou"] for s in cm["steps"])]
+    blocks.append(
+        Block(
+            "table",
+            (
+                ["step", "horizon s", "scored", *(LINES[n][0] for n in names)],
+                [
+                    [s["step"], _num(s["horizon_s"], 2), s["scored"]]
+                    + [_num(s["miou"].get(n)) for n in names]
+                    for s in cm["steps"]
+                ],
+            ),
+        )
+    )
+    if "features" in metrics:
+        feats = metrics["features"]
+        names = ["best_of_k", "mean_of_k", "most_confident", "copy_last"]
+        blocks += [
+            Block("h2", "Features: error per horizon step"),
+            Block("p", f"{feats['error']}, from the {feats['source']}; lower is better."),
+            Block(
+                "table",
+                (
+                    ["step", "horizon s", "scored", *(LINES[n][0] for n in names)],
+                    [
+                        [s["step"], _num(s["horizon_s"], 2), s["scored"]]
+                        + [_num(s["feature_mse"].get(n), 4) for n in names]
+                        for s in feats["steps"]
+                    ],
+                ),
+            ),
+        ]
+    blocks += [
+        Block("h2", "Confidence quality"),
+        Block(
+            "p",
+            "Error of the most confident hypothesis vs a random one (the mean over K) and the "
+            "best one; how often the most confident is the best (chance: a random pick); "
+            "Spearman rank correlation of confidence and error over the K hypotheses of a "
+            "forecast, averaged (negative: more confident hypotheses err less).",
+        ),
+        _confidence_table(metrics),
+    ]
+    if metrics["latency_ms"]:
+        blocks += [
+            Block("h2", "Latency per stage (ms)"),
+            Block(
+                "table",
+                (
+                    ["stage", "mean", "p50", "p95", "frames"],
+                    [
+                        [stage] + [_num(v.get(key), 2) for key in ("mean", "p50", "p95", "count")]
+                        for stage, v in metrics["latency_ms"].items()
+                    ],
+                ),
+            ),
+        ]
+    replay = metrics.get("replay") or {}
+    if replay:
+        blocks += [
+            Block("h2", "Replay"),
+            Block("table", (["", "value"], [[key, _num(v)] for key, v in replay.items()])),
+        ]
+    blocks.append(Block("h2", "Figures"))
+    captions = {
+        "horizon": "Metrics vs horizon step.",
+        "confidence": "Confidence: class error by confidence rank, error of the most "
+        "confident vs random vs best, and reliability (how often a hypothesis of a given "
+        "confidence was the best one).",
+        "latency": "Latency per stage.",
+    }
+    for name, path in figures.items():
+        caption = captions.get(
+            name,
+            f"Example ({name}): the frames that really came, their "
+            f"{'labels' if metrics['target']['kind'] == 'labels' else 'pseudo-labels'}, and "
+            "the K hypotheses with their confidences (most confident first).",
+        )
+        blocks.append(Block("figure", (path.name, caption)))
+    return blocks
+
+
+def _confidence_table(metrics: dict[str, Any]) -> Block:
+    header = ["scored by", "step", "forecasts", "most confident", "random", "best"]
+    header += ["top is best", "chance", "Spearman"]
+    rows = []
+    sources = [("class error (1 - frame mIoU)", metrics["class_maps"])]
+    if "features" in metrics:
+        sources.append(("feature error", metrics["features"]))
+    for label, part in sources:
+        entries = [(str(s["step"]), s["confidence"]) for s in part["steps"]]
+        entries.append(("rollout", part["rollout_confidence"]))
+        for step, q in entries:
+            if not q.get("forecasts"):
+                continue
+            rows.append(
+                [label, step, q["forecasts"]]
+                + [_num(q.get(key), 4) for key in ("most_confident", "random", "best")]
+                + [_num(q.get(key), 2) for key in ("top_is_best", "chance", "spearman")]
+            )
+    return Block("table", (header, rows))
+
+
+def to_markdown(blocks: list[Block]) -> str:
+    out = []
+    for block in blocks:
+        if block.kind == "h1":
+            out.append(f"# {block.body}")
+        elif block.kind == "h2":
+            out.append(f"## {block.body}")
+        elif block.kind == "p":
+            out.append(block.body)
+        elif block.kind == "list":
+            out.append("\n".join(f"- {item}" for item in block.body))
+        elif block.kind == "table":
+            header, rows = block.body
+            lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+            out.append("\n".join(lines))
+        elif block.kind == "figure":
+            path, caption = block.body
+            out.append(f"![{caption}]({path})\n\n*{caption}*")
+    return "\n\n".join(out) + "\n"
+
+
+def to_html(blocks: list[Block], title: str) -> str:
+    def inline(text: str) -> str:
+        parts = html.escape(str(text)).split("**")
+        return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+
+    out = []
+    for block in blocks:
+        if block.kind in ("h1", "h2"):
+            out.append(f"<{block.kind}>{inline(block.body)}</{block.kind}>")
+        elif block.kind == "p":
+            out.append(f"<p>{inline(block.body)}</p>")
+        elif block.kind == "list":
+            out.append("<ul>" + "".join(f"<li>{inline(i)}</li>" for i in block.body) + "</ul>")
+        elif block.kind == "table":
+            header, rows = block.body
+            head = "".join(f"<th>{inline(h)}</th>" for h in header)
+            body = "".join(
+                "<tr>" + "".join(f"<td>{inline(c)}</td>" for c in row) + "</tr>" for row in rows
+            )
+            out.append(f"<table><tr>{head}</tr>{body}</table>")
+        elif block.kind == "figure":
+            path, caption = block.body
+            out.append(
+                f'<figure><img src="{html.escape(path)}"><figcaption>{inline(caption)}'
+                "</figcaption></figure>"
+            )
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;}"
+        "table{border-collapse:collapse;margin:1em 0;}td,th{border:1px solid #bbb;"
+        "padding:2px 8px;text-align:right;}img{max-width:100%;}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+
+
+def _step_labels(steps: list[dict[str, Any]]) -> list[str]:
+    return [f"{s['step']}\n+{_num(s['horizon_s'], 2)} s" for s in steps]
+
+
+def plot_horizon(metrics: dict[str, Any], path: Path) -> Path:
+    """mIoU per step (and feature error per step when there are features)."""
+    with_features = "features" in metrics
+    fig, axes = plt.subplots(1, 2 if with_features else 1, figsize=(11 if with_features else 6, 4))
+    axes = np.atleast_1d(axes)
+    steps = metrics["class_maps"]["steps"]
+    x = np.arange(len(steps))
+    for name, (legend, style) in LINES.items():
+        values = [s["miou"].get(name) for s in steps]
+        if any(v is not None for v in values):
+            axes[0].plot(x, [np.nan if v is None else v for v in values], style, label=legend)
+    axes[0].set_title(f"mIoU vs {target_phrase(metrics).split(' (')[0].lower()}")
+    axes[0].set_ylabel("mIoU (higher is better)")
+    if with_features:
+        fsteps = metrics["features"]["steps"]
+        for name in ("best_of_k", "mean_of_k", "most_confident", "copy_last"):
+            values = [s["feature_mse"].get(name) for s in fsteps]
+            if any(v is not None for v in values):
+                legend, style = LINES[name]
+                axes[1].plot(x, [np.nan if v is None else v for v in values], style, label=legend)
+        axes[1].set_title(f"feature error ({metrics['features']['source']})")
+        axes[1].set_ylabel("MSE (lower is better)")
+    for ax in axes:
+        ax.set_xticks(x, _step_labels(steps))
+        ax.set_xlabel("horizon step")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "nothing scored", ha="center", transform=ax.transAxes)
+    fig.suptitle(f"{metrics['mode']}: {Path(metrics['bag']).name}, K={metrics['K']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_confidence(metrics: dict[str, Any], path: Path) -> Path:
+    """Error by confidence rank, most confident vs random vs best, reliability diagram."""
+    cm = metrics["class_maps"]
+    k = metrics["K"]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for s in cm["steps"]:
+        by_rank = s["confidence"].get("error_by_rank")
+        if by_rank:
+            axes[0].plot(np.arange(1, k + 1), by_rank, "o-", label=f"step {s['step']}")
+    axes[0].set_xlabel("confidence rank (1 = most confident)")
+    axes[0].set_ylabel("class error 1 - frame mIoU")
+    axes[0].set_title("error by confidence rank")
+    axes[0].ticklabel_format(axis="y", useOffset=False)
+    entries = [(str(s["step"]), s["confidence"]) for s in cm["steps"]]
+    entries.append(("rollout", cm["rollout_confidence"]))
+    entries = [(n, q) for n, q in entries if q.get("forecasts")]
+    x = np.arange(len(entries))
+    for i, (key, legend) in enumerate(
+        (("most_confident", "most confident"), ("random", "random (mean of K)"), ("best", "best"))
+    ):
+        values = [q.get(key) or 0.0 for _, q in entries]
+        axes[1].bar(x + (i - 1) * 0.27, values, 0.27, label=legend)
+    axes[1].set_xticks(x, [n for n, _ in entries])
+    axes[1].set_xlabel("horizon step")
+    axes[1].set_ylabel("class error 1 - frame mIoU")
+    axes[1].set_title("most confident vs random vs best")
+    bins = cm["reliability"]
+    if bins:
+        conf = [b["confidence"] for b in bins]
+        rate = [b["best_rate"] for b in bins]
+        axes[2].plot(conf, rate, "o-", label="observed")
+        top = max(max(conf), max(rate)) * 1.1
+        axes[2].plot([0, top], [0, top], "k:", label="calibrated")
+        axes[2].axhline(1 / k, color="grey", ls="--", label=f"chance 1/K = {1 / k:.2f}")
+    axes[2].set_xlabel("hypothesis confidence (bin mean)")
+    axes[2].set_ylabel("share of times it was the best")
+    axes[2].set_title("reliability (whole rollouts)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle(f"confidence quality against {target_phrase(metrics).split(' (')[0].lower()}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_latency(metrics: dict[str, Any], path: Path) -> Path:
+    stages = metrics["latency_ms"]
+    names = list(stages)
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.2))
+    y = np.arange(len(names))
+    ax.barh(y - 0.2, [stages[n]["mean"] for n in names], 0.4, label="mean")
+    ax.barh(y + 0.2, [stages[n]["p95"] for n in names], 0.4, label="p95")
+    ax.set_yticks(y, names)
+    ax.invert_yaxis()
+    ax.set_xlabel("ms per frame")
+    ax.set_title("latency per stage (offline run)")
+    ax.legend()
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_example(
+    example: Example, palette: np.ndarray, metrics: dict[str, Any], path: Path
+) -> Path:
+    """Columns: the present, then each step. Rows: the camera frames, their labels, then the
+    K hypotheses (most confident first) with their confidences."""
+    k, t = example.hypotheses.shape[:2]
+    order = np.argsort(-example.confidence, kind="stable")
+    target_name = "label" if metrics["target"]["kind"] == "labels" else "pseudo-label"
+    rows, cols = 2 + k, 1 + t
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 1.75 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    for c in range(cols):
+        when = "now" if c == 0 else f"+{_num(example.horizon_s[c], 2)} s"
+        if example.frames[c] is not None:
+            axes[0, c].imshow(example.frames[c])
+        axes[0, c].set_title(f"camera {when}" if c == 0 else f"what came {when}", fontsize=8)
+        if example.targets[c] is not None:
+            axes[1, c].imshow(_colour(example.targets[c], palette))
+        axes[1, c].set_title(f"{target_name} {when}", fontsize=8)
+    for row, h in enumerate(order):
+        ax = axes[2 + row, 0]
+        ax.text(
+            0.5,
+            0.5,
+            f"hypothesis {row + 1}\nconfidence\n{example.confidence[h]:.3f}",
+            ha="center",
+            va="center",
+            fontsize=9,
+            transform=ax.transAxes,
+        )
+        for step in range(t):
+            axes[2 + row, 1 + step].imshow(_colour(example.hypotheses[h, step], palette))
+            if row == 0:
+                axes[2, 1 + step].set_title(f"forecast step {step + 1}", fontsize=8)
+    source = "forecast published by the node" if metrics["mode"] == "predictions" else "forecast"
+    fig.suptitle(
+        f"{source} {example.offset_s:.2f} s into {Path(metrics['bag']).name} "
+        f"(stamp {example.stamp_s:.3f})",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def _colour(classes: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """Class ids -> RGB; ids past the palette (and ignore pixels) are black."""
+    lut = np.zeros((max(int(classes.max(initial=0)) + 1, len(palette)), 3), np.uint8)
+    lut[: len(palette)] = palette
+    return lut[classes]
