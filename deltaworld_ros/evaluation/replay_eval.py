@@ -508,6 +508,7 @@ class Evaluator:
         self.matched: Counter = Counter()
         self.examples: list[Example] = []
         self.first_stamp: int | None = None
+        self.unlabelled = 0  # kept frames without a label of the same header stamp
 
     def run(self) -> Evaluation:
         options = self.options
@@ -538,6 +539,7 @@ class Evaluator:
         label = self.labels.get(frame.stamp_ns) if self.label_topic else None
         if self.label_topic:
             target = label
+            self.unlabelled += label is None
         else:
             target = offline.current_classes if offline is not None else None
         if label is not None and offline is not None:
@@ -640,6 +642,11 @@ class Evaluator:
             notes.append(
                 f"{reason}{extra}: {count} time(s); the Forecaster restarted its history each "
                 "time and forecasts are scored only against frames of their own segment"
+            )
+        if self.unlabelled:
+            notes.append(
+                f"{self.unlabelled} of {stats.kept} kept frame(s) have no label of the same "
+                f"header stamp on {self.label_topic}; forecasts of them are not scored"
             )
         if self.features is None:
             notes.append(
@@ -954,7 +961,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="bag recorded by `deltaworld replay`: score the node's published forecasts",
     )
-    parser.add_argument("--futures-topic", default="/deltaworld/futures")
+    parser.add_argument(
+        "--futures-topic",
+        default="/deltaworld/futures",
+        help="the node's futures topic in --predictions (its /confidence and /layout beside it)",
+    )
     parser.add_argument("--examples", type=int, default=3, help="example mosaics in the report")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -128,7 +128,7 @@ def report_blocks(metrics: dict[str, Any], figures: dict[str, Path]) -> list[Blo
         ["messages on the topic", frames["messages"]],
         ["decoded", frames["decoded"]],
         ["undecodable (skipped)", frames["undecodable"]],
-        ["kept at the model's frame interval", frames["kept"]],
+        ["kept (one per forecast step of header time)", frames["kept"]],
         ["skipped between kept frames", frames["gated"]],
     ]
     rows += [[f"history restarts: {r}", n] for r, n in frames["restarts"].items()]
@@ -147,6 +147,17 @@ def report_blocks(metrics: dict[str, Any], figures: dict[str, Path]) -> list[Blo
             )
         )
     names = [n for n in LINES if any(n in s["miou"] for s in cm["steps"])]
+    blocks.append(
+        Block(
+            "p",
+            "Most confident: the hypothesis ranked first (the first row the node publishes). "
+            "Best of K: per forecast the hypothesis closest to what came (an oracle: what the "
+            "sampled set contains). Mean of K: all K hypotheses together (a random one, on "
+            "average). Copy last: the model's segmentation of the present frame, held still. "
+            "Copy last target: the present frame's target held still (how much the scene "
+            "changed).",
+        )
+    )
     blocks.append(
         Block(
             "table",
