@@ -273,31 +273,36 @@ def test_corrupt_and_oddly_encoded_frames_are_counted_and_the_rest_scored(
     assert "could not be decoded" in (out / "report.md").read_text()
 
 
-def looping_bag(source: Path, path: Path, laps: int = 2) -> Path:
-    """The frames of `source` `laps` times over, as a recorder logs a looping player: log
-    times go on, header stamps (0.1 s apart) jump back at every lap."""
-    frames = list(read_images(source, IMAGE))
-    h, w = frames[0].image.shape[:2]
+def looping_bag(source: Path, path: Path, laps: int = 2, labels: bool = False) -> Path:
+    """The frames (and labels) of `source` `laps` times over, as a recorder logs a looping
+    player: log times go on, header stamps (0.1 s apart) jump back at every lap."""
+    topics = {IMAGE: ("rgb8", 3), **({LABELS: ("mono8", 1)} if labels else {})}
     with ImageBagWriter(path) as writer:
-        for lap in range(laps):
-            for i, f in enumerate(frames):
-                stamp = 10**12 + i * 100_000_000
-                msg = TYPESTORE.types["sensor_msgs/msg/Image"](
-                    header=make_header(stamp, "camera"), height=h, width=w, encoding="rgb8",
-                    is_bigendian=0, step=3 * w, data=f.image.reshape(-1),
-                )  # fmt: skip
-                log_time = stamp + lap * len(frames) * 100_000_000
-                writer.write_raw_message(IMAGE, "sensor_msgs/msg/Image", msg, log_time)
+        for topic, (encoding, channels) in topics.items():
+            frames = list(read_images(source, topic, labels=topic == LABELS))
+            h, w = frames[0].image.shape[:2]
+            for lap in range(laps):
+                for i, f in enumerate(frames):
+                    stamp = 10**12 + i * 100_000_000
+                    msg = TYPESTORE.types["sensor_msgs/msg/Image"](
+                        header=make_header(stamp, "camera"), height=h, width=w,
+                        encoding=encoding, is_bigendian=0, step=channels * w,
+                        data=f.image.reshape(-1),
+                    )  # fmt: skip
+                    log_time = stamp + lap * len(frames) * 100_000_000
+                    writer.write_raw_message(topic, "sensor_msgs/msg/Image", msg, log_time)
     return path
 
 
 def test_a_looping_bag_restarts_the_history_and_is_still_scored(tiny_model_dir, tmp_path, capsys):
-    bag = looping_bag(synth_bag(tmp_path / "once", 8), tmp_path / "loop")
+    bag = looping_bag(synth_bag(tmp_path / "once", 8), tmp_path / "loop", labels=True)
     out = tmp_path / "report"
     args = ["--bag", str(bag), "--image-topic", IMAGE, "--model", str(tiny_model_dir)]
     assert run_eval(*args, "--k", "2", "--t", "2", "--out", str(out)) == 0
     assert "stamp went backwards (does the bag loop?): 1 time(s)" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["target"] == {"kind": "labels", "topic": LABELS}  # each lap its own labels
+    assert not [n for n in metrics["notes"] if "no label" in n]
     assert metrics["frames"]["restarts"] == {"stamp went backwards": 1}
     assert metrics["frames"]["forecaster"][IMAGE]["reset: stamp went backwards"] == 1
     # Forecasts are never scored across the jump: each lap has 8 - 1 warm-up - s targets.

@@ -191,7 +191,23 @@ class ClassMapScorer(_Scorer):
         }
         self.present = np.zeros((num_classes, num_classes), np.int64)  # frame's own segmentation
 
+    def ensure(self, target: np.ndarray) -> None:
+        """Grow the matrices to the target's classes (labels may use ids past the model's)."""
+        grow = int(target[target != IGNORE].max(initial=0)) + 1 - self.num_classes
+        if grow > 0:
+            pad = ((0, grow), (0, grow))
+            self.present = np.pad(self.present, pad)
+            for name, m in self.matrices.items():
+                self.matrices[name] = np.pad(m, ((0, 0), *pad))
+            self.num_classes += grow
+
+    def observe(self, index: int, stamp_ns: int, target: np.ndarray | None) -> None:
+        if target is not None:
+            self.ensure(target)
+        super().observe(index, stamp_ns, target)
+
     def score_present(self, classes: np.ndarray, target: np.ndarray) -> None:
+        self.ensure(target)
         """The segmentation of the frame itself against its label (a ceiling for forecasts)."""
         self.present += confusion(resize_nearest(classes, target.shape), target, self.num_classes)
 
@@ -295,6 +311,7 @@ class KeptFrame:
     index: int  # position among kept frames
     message: int  # position among the topic's messages
     stamp_ns: int  # header stamp
+    log_ns: int  # when it was recorded
     rgb: np.ndarray  # (H, W, 3) uint8
     segment: int  # increases at every history restart
 
@@ -369,7 +386,9 @@ def keep_frames(frames: Iterable[Any], gate: Gate, stats: FrameStats) -> Iterato
             stats.gated += 1
             continue
         stats.kept += 1
-        yield KeptFrame(index, stats.messages - 1, frame.stamp_ns, frame.image, segment)
+        yield KeptFrame(
+            index, stats.messages - 1, frame.stamp_ns, frame.log_time_ns, frame.image, segment
+        )
         index += 1
 
 
@@ -467,11 +486,7 @@ class Evaluator:
             )
         self.notes: list[str] = []
         self.label_topic = _label_topic(options, image_types)
-        self.labels: dict[int, np.ndarray] = {}
-        if self.label_topic:
-            self.labels, errors = _read_labels(options.bag, self.label_topic)
-            if errors:
-                self.notes.append(f"{errors} label message(s) could not be decoded, not used")
+        self.labels = LabelStream(options.bag, self.label_topic) if self.label_topic else None
         self.recording = None
         self.published: dict[int, deque[Published]] = {}
         if options.predictions is not None:
@@ -494,12 +509,8 @@ class Evaluator:
         else:
             self.interval_s = float(layout["step_seconds"])
             names, palette = list(layout.get("class_names", [])), layout.get("palette", [])
-        label_ids = (int(v[v != IGNORE].max(initial=0)) + 1 for v in self.labels.values())
-        num_classes = max(len(names), max(label_ids, default=0), 1)
-        self.class_names, self.palette = _complete_classes(
-            names, np.array(palette, np.uint8).reshape(-1, 3), num_classes
-        )
-        self.classes = ClassMapScorer(self.horizon, self.num_hypotheses, num_classes)
+        self.model_classes = (names, np.array(palette, np.uint8).reshape(-1, 3))
+        self.classes = ClassMapScorer(self.horizon, self.num_hypotheses, max(len(names), 1))
         self.features = (
             FeatureScorer(self.horizon, self.num_hypotheses) if self.forecaster else None
         )
@@ -530,14 +541,17 @@ class Evaluator:
         if unmatched:
             self.matched["published forecasts with no input frame of that stamp"] = unmatched
         examples = [e for e in self.examples if all(t is not None for t in e.targets[1:])]
+        self.class_names, self.palette = _complete_classes(
+            *self.model_classes, self.classes.num_classes
+        )
         return Evaluation(self.metrics(), examples, self.class_names, self.palette)
 
     def step(self, frame: KeptFrame, futures: list[KeptFrame]) -> None:
         """One kept frame: score what predicted it, then take the forecast made at it."""
         self.first_stamp = frame.stamp_ns if self.first_stamp is None else self.first_stamp
         offline = self._offline(frame, futures) if self.forecaster is not None else None
-        label = self.labels.get(frame.stamp_ns) if self.label_topic else None
-        if self.label_topic:
+        label = self.labels.get(frame.stamp_ns, frame.log_ns) if self.labels is not None else None
+        if self.labels is not None:
             target = label
             self.unlabelled += label is None
         else:
@@ -643,6 +657,8 @@ class Evaluator:
                 f"{reason}{extra}: {count} time(s); the Forecaster restarted its history each "
                 "time and forecasts are scored only against frames of their own segment"
             )
+        if self.labels is not None and self.labels.errors:
+            notes.append(f"{self.labels.errors} label message(s) could not be decoded, not used")
         if self.unlabelled:
             notes.append(
                 f"{self.unlabelled} of {stats.kept} kept frame(s) have no label of the same "
@@ -837,15 +853,36 @@ def _label_topic(options: EvalOptions, image_types: dict[str, str]) -> str | Non
     return candidates[0] if len(candidates) == 1 else None
 
 
-def _read_labels(bag: Path, topic: str) -> tuple[dict[int, np.ndarray], int]:
-    """Every decodable label map by header stamp (ns), and how many could not be decoded."""
-    labels, errors = {}, 0
-    for frame in read_images(bag, topic, labels=True):
-        if frame.image is None:
-            errors += 1
-        else:
-            labels[frame.stamp_ns] = frame.image
-    return labels, errors
+class LabelStream:
+    """The label topic read alongside the frames: the label of the frame's header stamp among
+    the labels recorded within `window_s` of it. A long bag never sits in memory, and in a
+    looping bag each lap finds its own labels."""
+
+    def __init__(self, bag: Path, topic: str, window_s: float = 2.0) -> None:
+        self.source = read_images(bag, topic, labels=True)
+        self.window_ns = int(window_s * 1e9)
+        self.buffer: deque[Any] = deque()  # io.bags.BagFrame, in log-time order
+        self.errors = 0  # undecodable label messages
+        self.done = False
+
+    def get(self, stamp_ns: int, log_ns: int) -> np.ndarray | None:
+        while not self.done and (
+            not self.buffer or self.buffer[-1].log_time_ns <= log_ns + self.window_ns
+        ):
+            label = next(self.source, None)
+            if label is None:
+                self.done = True
+            elif label.image is None:
+                self.errors += 1
+            else:
+                self.buffer.append(label)
+        while self.buffer and self.buffer[0].log_time_ns < log_ns - self.window_ns:
+            self.buffer.popleft()
+        for label in self.buffer:
+            if label.stamp_ns == stamp_ns:
+                self.buffer.remove(label)
+                return label.image
+        return None
 
 
 def _message_count(bag: Path, topic: str) -> int:
