@@ -1,0 +1,246 @@
+"""Benchmark the running node: `python -m deltaworld_ros.ros.bench_node [--model-dir DIR]`.
+
+Starts forecast_node as a user would (console script, params file, its own ROS domain),
+publishes rgb8 camera frames at --rate Hz stamped with the wall clock, and reports
+  - end-to-end latency: arrival of each futures message at a subscriber - its header stamp
+    (DDS in, the wait in the latest-frame slot, inference, packing, DDS out), median and p95;
+  - the node's own overhead (message -> RGB conversion, packing, publishing) next to the
+    Forecaster's time per step, both as the node reports them on /diagnostics;
+  - rates and drops (stale: replaced before inference; gated: between forecast steps).
+The result goes to benchmarks/node_<model>_<time>.json.
+
+Frames above 512 KB (640x480 rgb8 is 900 KB) do not fit Fast DDS's default shared-memory
+segment and go over fragmented UDP, where the node's best-effort camera subscription loses
+most of them; both processes therefore run with config/fastdds_large_frames.xml unless
+FASTDDS_DEFAULT_PROFILES_FILE is set already or --stock-dds is given (to measure that loss).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+
+from ..io.images import stamp_ns
+from ..model.store import default_model_dir, read_manifest
+from ..synth import WorldConfig, render_sequence
+from . import packing
+from .harness import NodeProcess, Probe, domain_id, write_params
+from .node import OUTPUT_QOS, SENSOR_QOS
+
+NODE_STAGES = ("node: convert", "node: pack", "node: publish")
+DDS_PROFILE = Path(__file__).resolve().parents[2] / "config" / "fastdds_large_frames.xml"
+PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"
+
+
+def frames(height: int, width: int, count: int, rate: float) -> list[Image]:
+    """`count` frames of the procedural street world as rgb8 messages (stamps set at send)."""
+    world = render_sequence(WorldConfig(height=height, width=width, fps=rate), seed=0,
+                            num_frames=count)  # fmt: skip
+    return [packing.image_message(rgb, "rgb8", Header(frame_id="camera")) for rgb in world.rgb]
+
+
+def engine_values(probe: Probe, since: float) -> list[dict[str, str]]:
+    """The engine status of every /diagnostics message that arrived after `since`."""
+    return [
+        {kv.key: kv.value for kv in status.values}
+        for arrived, msg in probe.timed("/diagnostics")
+        if arrived > since
+        for status in msg.status
+        if status.name == "deltaworld: engine"
+    ]
+
+
+def camera_values(probe: Probe) -> dict[str, str]:
+    for msg in reversed(probe.received("/diagnostics")):
+        for status in msg.status:
+            if status.name.startswith("deltaworld: camera"):
+                return {kv.key: kv.value for kv in status.values}
+    return {}
+
+
+def stage_means(reports: list[dict[str, str]]) -> dict[str, float]:
+    """Mean over the diagnostics periods of each stage's per-period mean, ms."""
+    samples: dict[str, list[float]] = defaultdict(list)
+    for values in reports:
+        for key, value in values.items():
+            if key.endswith(" mean ms"):
+                samples[key.removesuffix(" mean ms")].append(float(value))
+    return {stage: round(float(np.mean(v)), 3) for stage, v in sorted(samples.items())}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    model_dir = Path(args.model_dir) if args.model_dir else default_model_dir()
+    manifest = read_manifest(model_dir, verify=False)
+    height, width = args.size
+    messages = frames(height, width, args.frames, args.rate)
+    params = {
+        "model_dir": str(model_dir),
+        "backend": args.backend,
+        "num_hypotheses": args.num_hypotheses,
+        "horizon": args.horizon,
+        "visualization": not args.no_visualization,
+        "threads": args.threads,
+        "diagnostics_period": 1.0,
+    }
+    if args.providers:
+        params["providers"] = args.providers
+    if not args.stock_dds:
+        os.environ.setdefault(PROFILE_VARIABLE, str(DDS_PROFILE))  # before any participant
+    domain = domain_id("bench_node")
+    with tempfile.TemporaryDirectory() as tmp:
+        files = [write_params(Path(tmp) / "bench.yaml", params)]
+        with NodeProcess(files, domain, Path(tmp) / "node.log") as node, Probe(domain) as probe:
+            probe.subscribe(Image, "/deltaworld/futures", OUTPUT_QOS)
+            probe.subscribe(DiagnosticArray, "/diagnostics")
+            publisher = probe.publisher(Image, "/image", SENSOR_QOS)
+            sent = 0
+
+            def publish_for(seconds: float, until=None) -> None:
+                """Frames at args.rate, stamped with the wall clock as they leave."""
+                nonlocal sent
+                start, count = time.monotonic(), 0
+                while time.monotonic() - start < seconds and not (until and until()):
+                    if not node.running():
+                        raise RuntimeError(f"forecast_node exited:\n{node.log()}")
+                    msg = messages[sent % len(messages)]
+                    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(time.time_ns(), 10**9)
+                    publisher.publish(msg)
+                    sent, count = sent + 1, count + 1
+                    time.sleep(max(0.0, start + count / args.rate - time.monotonic()))
+
+            publish_for(args.warmup_timeout, until=lambda: probe.received("/deltaworld/futures"))
+            if not probe.received("/deltaworld/futures"):
+                raise RuntimeError(f"no forecast within {args.warmup_timeout} s:\n{node.log()}")
+            publish_for(args.warmup)
+            begin, sent_before = time.time(), sent
+            before = camera_values(probe)
+            publish_for(args.duration)
+            end = time.time()
+            time.sleep(1.5)  # the last forecasts and one more diagnostics period
+            after = camera_values(probe)
+            reports = engine_values(probe, begin + 1.0)
+            futures = probe.timed("/deltaworld/futures")
+            code = node.interrupt()
+    latencies = np.array([
+        (arrived - stamp_ns(msg.header) * 1e-9) * 1e3
+        for arrived, msg in futures
+        if begin <= stamp_ns(msg.header) * 1e-9 <= end
+    ])  # fmt: skip
+    stages = stage_means(reports)
+    frames_sent = sent - sent_before
+
+    def delta(key: str) -> int:
+        return int(after.get(key, 0)) - int(before.get(key, 0))
+
+    return {
+        "what": "forecast_node end to end over DDS on one machine (python -m "
+        "deltaworld_ros.ros.bench_node)",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+        },  # fmt: skip
+        "model": {
+            "dir": str(model_dir),
+            "name": manifest.config.name,
+            "image_size": list(manifest.config.image_size),
+        },  # fmt: skip
+        "params": params,
+        "dds_profile": os.environ.get(PROFILE_VARIABLE, "Fast DDS defaults"),
+        "input": {
+            "rate_hz": args.rate,
+            "size": [height, width],
+            "encoding": "rgb8",
+            "duration_s": round(end - begin, 2),
+            "frames_sent": frames_sent,
+        },  # fmt: skip
+        "forecasts": {
+            "received": int(latencies.size),
+            "rate_hz": round(latencies.size / (end - begin), 2),
+            "frames_received_by_node": delta("frames received"),
+            "frames_dropped_stale": delta("dropped: stale"),
+            "frames_gated": delta("dropped: gated"),
+        },
+        "latency_stamp_to_subscriber_ms": {
+            "median": round(float(np.median(latencies)), 2),
+            "p95": round(float(np.percentile(latencies, 95)), 2),
+            "max": round(float(latencies.max()), 2),
+        },
+        "node_overhead_ms": {stage: stages.get(stage) for stage in NODE_STAGES},
+        "node_overhead_total_ms": round(sum(stages.get(s, 0.0) for s in NODE_STAGES), 3),
+        "forecaster_ms": {
+            k.removeprefix("forecaster: "): v
+            for k, v in stages.items()
+            if k.startswith("forecaster: ")
+        },  # fmt: skip
+        "node_stamp_to_publish_ms": stages.get("stamp to publish"),
+        "exit_code_after_sigint": code,
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-dir", help="model directory (default: the embedded model)")
+    parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch"])
+    parser.add_argument("--providers", nargs="*", help="onnxruntime providers, e.g. cuda cpu")
+    parser.add_argument("--threads", type=int, default=0, help="engine threads (0: all)")
+    parser.add_argument("--num-hypotheses", "-K", type=int, default=8)
+    parser.add_argument("--horizon", "-T", type=int, default=3)
+    parser.add_argument("--rate", type=float, default=30.0, help="camera frames per second")
+    parser.add_argument("--size", type=_size, default=(480, 640), help="HxW of the frames")
+    parser.add_argument("--frames", type=int, default=30, help="distinct frames, looped")
+    parser.add_argument("--duration", type=float, default=20.0, help="s measured")
+    parser.add_argument("--warmup", type=float, default=3.0, help="s after the first forecast")
+    parser.add_argument("--warmup-timeout", type=float, default=120.0)
+    parser.add_argument("--no-visualization", action="store_true")
+    parser.add_argument(
+        "--stock-dds", action="store_true", help=f"do not set {PROFILE_VARIABLE} (see above)"
+    )
+    parser.add_argument("--out", type=Path, help="JSON path (default: benchmarks/node_...)")
+
+
+def _size(text: str) -> tuple[int, int]:
+    h, w = (int(v) for v in text.lower().split("x"))
+    return h, w
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deltaworld_ros.ros.bench_node",
+                                     description=__doc__.splitlines()[0])  # fmt: skip
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    result = run(args)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    out = args.out or Path("benchmarks") / f"node_{result['model']['name']}_{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    latency = result["latency_stamp_to_subscriber_ms"]
+    print(
+        f"{result['forecasts']['received']} forecasts at {result['forecasts']['rate_hz']} Hz "
+        f"from {result['input']['frames_sent']} frames at {args.rate:g} Hz "
+        f"({result['forecasts']['frames_received_by_node']} received by the node, "
+        f"{result['forecasts']['frames_gated']} gated, "
+        f"{result['forecasts']['frames_dropped_stale']} stale)\n"
+        f"end-to-end latency: median {latency['median']} ms, p95 {latency['p95']} ms\n"
+        f"node overhead {result['node_overhead_total_ms']} ms per step "
+        f"{result['node_overhead_ms']}; Forecaster {result['forecaster_ms'].get('total')} ms\n"
+        f"-> {out}"
+    )
+    return 0 if result["exit_code_after_sigint"] == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,366 @@
+"""forecast_node: camera images in, K forecast semantic maps per horizon step out.
+
+Callbacks only put each message into its camera's latest-frame slot; one worker thread takes
+the filled slots, decodes them, runs all cameras through the Forecaster in one batch and
+publishes. A frame replaced in its slot before the worker took it is dropped as stale.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.clock import Clock, ClockType
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+)
+from rclpy.time import Time
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header, String
+
+from ..io.images import RAW_ENCODINGS, ImageDecodeError, decode_image_message, stamp_ns
+from ..model.store import ModelDirError
+from ..runtime.engine import open_engine
+from ..runtime.forecaster import Forecast, Forecaster, FrameInput
+from . import packing
+from .diagnostics import (
+    DECODE_ERROR,
+    FAILED,
+    LATENCY,
+    PUBLISHED,
+    RECEIVED,
+    STALE,
+    WRONG_SIZE,
+    NodeStats,
+)
+from .futures import make_layout
+from .params import (
+    NodeSettings,
+    ParameterError,
+    declare_and_read,
+    params_files,
+    undeclared_overrides,
+)
+
+# Camera inputs: drop rather than queue, a forecast of an old frame is worth little.
+SENSOR_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT
+)
+OUTPUT_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+LAYOUT_QOS = QoSProfile(
+    depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+)
+ADOPT_SIZE_AFTER = 3  # consecutive frames of a new size before a camera is taken as resized
+WARN_EVERY_S = 5.0  # a repeated input problem is logged at most this often (all are counted)
+JOIN_TIMEOUT_S = 10.0
+
+
+class LatestFrames:
+    """One slot per camera holding its newest unprocessed message."""
+
+    def __init__(self) -> None:
+        self._slots: dict[str, Any] = {}
+        self._ready = threading.Condition()
+        self._closed = False
+
+    def put(self, camera: str, msg: Any) -> bool:
+        """Store msg; True when it replaced a message the worker never took."""
+        with self._ready:
+            replaced = camera in self._slots
+            self._slots[camera] = msg
+            self._ready.notify()
+        return replaced
+
+    def take(self) -> dict[str, Any] | None:
+        """Wait for at least one message and empty every slot; None once closed."""
+        with self._ready:
+            self._ready.wait_for(lambda: self._slots or self._closed)
+            if self._closed:
+                return None
+            slots, self._slots = self._slots, {}
+        return slots
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+
+
+class FrameSizes:
+    """Each camera's frame size: the first frame's. A frame of another size is dropped, unless
+    that size persists for ADOPT_SIZE_AFTER frames in a row (the camera was reconfigured)."""
+
+    def __init__(self) -> None:
+        self._size: dict[str, tuple[int, ...]] = {}
+        self._candidate: dict[str, tuple[tuple[int, ...], int]] = {}
+
+    def admit(self, camera: str, size: tuple[int, ...]) -> bool:
+        if self._size.setdefault(camera, size) == size:
+            self._candidate.pop(camera, None)
+            return True
+        seen, count = self._candidate.get(camera, (size, 0))
+        count = count + 1 if seen == size else 1
+        if count >= ADOPT_SIZE_AFTER:
+            self._size[camera] = size
+            del self._candidate[camera]
+            return True
+        self._candidate[camera] = (size, count)
+        return False
+
+    def expected(self, camera: str) -> tuple[int, ...]:
+        return self._size[camera]
+
+
+class ForecastNode(Node):
+    """Subscribes to the cameras, publishes their futures, layout, visualization, diagnostics."""
+
+    def __init__(self, sources: str = "") -> None:
+        super().__init__("forecast_node")
+        self.settings: NodeSettings = declare_and_read(self, sources)
+        for name in undeclared_overrides(self):
+            self.get_logger().warning(f"parameter {name!r} is not a forecast_node parameter")
+        settings = self.settings
+        self.engine = open_engine(
+            settings.model_dir,
+            backend=settings.backend,
+            providers=settings.providers,
+            strict=settings.strict_providers,
+            precision=settings.precision,
+            device=settings.device,
+            threads=settings.threads or None,
+        )
+        self.forecaster = Forecaster(self.engine, settings.forecaster)
+        model = self.engine.config
+        self.palette = packing.palette_array(model.head.palette, model.head.num_classes)
+        self.stats = NodeStats([c.name for c in settings.cameras])
+        self.sizes = FrameSizes()
+        self.frames = LatestFrames()
+        self.layouts: dict[str, dict[str, Any]] = {}
+        self.warned: dict[str, float] = {}  # problem -> when it was last logged
+        self.publishers_: dict[str, dict[str, Any]] = {}
+        for camera in settings.cameras:
+            ns = camera.namespace
+            self.publishers_[camera.name] = {
+                "futures": self.create_publisher(Image, f"{ns}/futures", OUTPUT_QOS),
+                "confidence": self.create_publisher(Image, f"{ns}/futures/confidence", OUTPUT_QOS),
+                "uncertainty": self.create_publisher(
+                    Image, f"{ns}/futures/uncertainty", OUTPUT_QOS
+                ),
+                "layout": self.create_publisher(String, f"{ns}/futures/layout", LAYOUT_QOS),
+                "visualization": self.create_publisher(Image, f"{ns}/visualization", OUTPUT_QOS)
+                if settings.visualization
+                else None,
+            }
+            kind = CompressedImage if camera.transport == "compressed" else Image
+            self.create_subscription(
+                kind, camera.topic, partial(self.on_image, camera.name), SENSOR_QOS
+            )
+        self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_timer(
+            settings.diagnostics_period,
+            self.on_diagnostics_timer,
+            clock=Clock(clock_type=ClockType.STEADY_TIME),  # keeps reporting when /clock stops
+        )
+        self.worker = threading.Thread(target=self.run_worker, name="forecast_worker")
+        self.worker.start()
+        topics = ", ".join(
+            f"{c.topic} ({c.transport}) -> {self.resolve_topic_name(c.namespace)}"
+            for c in settings.cameras
+        )
+        self.get_logger().info(
+            f"forecasting K={settings.forecaster.num_hypotheses} x T={settings.forecaster.horizon}"
+            f" with {model.name} on {self.engine.backend} {self.engine.providers}: {topics}"
+        )
+
+    def on_image(self, camera: str, msg: Image | CompressedImage) -> None:
+        """Camera message -> the camera's latest-frame slot; never blocks on inference."""
+        self.stats.count(camera, RECEIVED)
+        if self.frames.put(camera, msg):
+            self.stats.count(camera, STALE)
+
+    def on_diagnostics_timer(self) -> None:
+        """Counters and stage times of the last period -> /diagnostics."""
+        engine = {
+            "backend": self.engine.backend,
+            "model": self.engine.config.name,
+            "K": str(self.settings.forecaster.num_hypotheses),
+            "T": str(self.settings.forecaster.horizon),
+            **{f"provider: {graph}": p for graph, p in self.engine.providers.items()},
+        }
+        cameras = {c.name: self.resolve_topic_name(c.topic) for c in self.settings.cameras}
+        msg = DiagnosticArray(status=self.stats.report(cameras, engine))
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.diagnostics_publisher.publish(msg)
+
+    def run_worker(self) -> None:
+        """Worker thread: batches of latest frames -> Forecaster -> published outputs."""
+        while (batch := self.frames.take()) is not None:
+            try:
+                self.forecast(batch)
+            except Exception as err:  # the worker outlives one bad batch
+                if not self.context.ok():
+                    return  # shutting down: publishers are gone
+                for camera in batch:
+                    self.stats.count(camera, FAILED)
+                self.get_logger().error(f"forecast failed: {type(err).__name__}: {err}")
+
+    def forecast(self, batch: dict[str, Image | CompressedImage]) -> None:
+        """Decode and check each camera's frame, run one batched step, publish the results."""
+        start = time.perf_counter()
+        frames, sources = [], []
+        for camera, msg in batch.items():
+            rgb = self.decode(camera, msg)
+            if rgb is not None:
+                frames.append(FrameInput(camera, stamp_ns(msg.header) * 1e-9, rgb))
+                sources.append((msg.header, rgb))
+        self.stats.record("node: convert", time.perf_counter() - start)
+        if not frames:
+            return
+        results = self.forecaster.process(frames)
+        self.stats.forecaster_stats(self.forecaster.stats)
+        for forecast, (header, rgb) in zip(results, sources, strict=True):
+            if forecast is not None:
+                self.publish(forecast, header, rgb)
+
+    def decode(self, camera: str, msg: Image | CompressedImage) -> np.ndarray | None:
+        """RGB uint8 of a camera message; None (logged and counted) if it cannot be used."""
+        try:
+            rgb = decode_image_message(msg)
+        except ImageDecodeError as err:
+            cause = f"{DECODE_ERROR} ({decode_error_kind(msg)})"
+            self.stats.count(camera, cause)
+            self.warn(f"{camera}: {cause}", f"camera {camera}: dropped a frame: {err}")
+            return None
+        if not self.sizes.admit(camera, rgb.shape):
+            self.stats.count(camera, WRONG_SIZE)
+            height, width = self.sizes.expected(camera)[:2]
+            self.warn(
+                f"{camera}: {WRONG_SIZE}",
+                f"camera {camera}: dropped a {rgb.shape[1]}x{rgb.shape[0]} frame, the stream is "
+                f"{width}x{height} (a new size is adopted after {ADOPT_SIZE_AFTER} in a row)",
+            )
+            return None
+        return rgb
+
+    def warn(self, problem: str, text: str) -> None:
+        """Log at most every WARN_EVERY_S per problem, so that a new problem shows at once."""
+        now = time.monotonic()
+        if now - self.warned.get(problem, -WARN_EVERY_S) >= WARN_EVERY_S:
+            self.warned[problem] = now
+            self.get_logger().warning(text)
+
+    def publish(self, forecast: Forecast, header: Header, rgb: np.ndarray) -> None:
+        """One forecast -> layout (when it changed), confidence, uncertainty, futures, mosaic."""
+        start = time.perf_counter()
+        camera = forecast.stream_id
+        publishers = self.publishers_[camera]
+        layout = self.layout(forecast, rgb.shape[:2])
+        messages: list[tuple[Callable[[Any], None], Any]] = []
+        if layout != self.layouts.get(camera):
+            self.layouts[camera] = layout
+            messages.append((publishers["layout"].publish, String(data=json.dumps(layout))))
+        messages += [
+            (publishers["confidence"].publish, packing.confidence_message(forecast, header)),
+            (publishers["uncertainty"].publish, packing.uncertainty_message(forecast, header)),
+            (publishers["futures"].publish, packing.futures_message(forecast, header)),
+        ]
+        if publishers["visualization"] is not None:
+            mosaic = packing.visualization_message(forecast, rgb, self.palette, header)
+            messages.append((publishers["visualization"].publish, mosaic))
+        packed = time.perf_counter()
+        for publish, msg in messages:
+            publish(msg)
+        done = time.perf_counter()
+        self.stats.record("node: pack", packed - start)
+        self.stats.record("node: publish", done - packed)
+        for stage, seconds in forecast.timings.items():
+            self.stats.record(f"forecaster: {stage}", seconds)
+        now = self.get_clock().now()
+        stamp = Time.from_msg(header.stamp, clock_type=now.clock_type)
+        self.stats.record(LATENCY, (now - stamp).nanoseconds * 1e-9)
+        self.stats.count(camera, PUBLISHED)
+
+    def layout(self, forecast: Forecast, source_size: tuple[int, int]) -> dict[str, Any]:
+        """The futures/layout body for this camera's current frame size."""
+        model = self.engine.config
+        k, t, h, w = forecast.classes.shape
+        tile_width = self.forecaster.output_size[1]
+        return make_layout(
+            camera=forecast.stream_id,
+            num_hypotheses=k,
+            horizon=t,
+            tile_size=(h, w),
+            step_seconds=self.forecaster.frame_interval,
+            class_names=model.head.class_names,
+            palette=self.palette.tolist(),
+            encoding=packing.class_encoding(forecast.classes.dtype),
+            crop=self.settings.forecaster.crop,
+            num_crops=w // tile_width,
+            source_size=source_size,
+        )
+
+    def close(self) -> None:
+        """Stop the worker (after its current batch) and wait for it."""
+        self.frames.close()
+        self.worker.join(JOIN_TIMEOUT_S)
+        if self.worker.is_alive():
+            self.get_logger().warning(f"worker still busy after {JOIN_TIMEOUT_S:.0f} s")
+
+
+def decode_error_kind(msg: Image | CompressedImage) -> str:
+    """A short cause for the diagnostics counters, read off the message that failed."""
+    if isinstance(msg, CompressedImage) or not hasattr(msg, "encoding"):
+        fmt = msg.format.lower()
+        return "corrupt payload" if "jpeg" in fmt or "jpg" in fmt or "png" in fmt else "format"
+    if msg.encoding not in RAW_ENCODINGS:
+        return "unknown encoding"
+    if msg.height == 0 or msg.width == 0:
+        return "zero size"
+    return "step/data length"
+
+
+def main(args: list[str] | None = None) -> int:
+    """forecast_node [--ros-args ...]: run until SIGINT (exit 0); exit 2 on a bad parameter,
+    1 on a model that cannot load."""
+    argv = sys.argv if args is None else args
+    rclpy.init(args=argv)
+    logger = rclpy.logging.get_logger("forecast_node")
+    try:
+        node = ForecastNode(params_files(argv))
+    except ParameterError as err:
+        logger.fatal(str(err))
+        rclpy.try_shutdown()
+        return 2
+    except (ModelDirError, OSError, RuntimeError, ValueError) as err:
+        logger.fatal(f"cannot load the model: {err}")
+        rclpy.try_shutdown()
+        return 1
+    except KeyboardInterrupt:
+        rclpy.try_shutdown()
+        return 0
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.close()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""A robot: one camera, the published model with a VSPW-style head (config/robot.yaml).
+
+Every argument of forecast.launch.py passes through (image, model_dir, namespace, ...):
+
+    ros2 launch deltaworld_ros robot.launch.py image:=/camera/color/image_raw/compressed
+"""
+
+from launch.actions import IncludeLaunchDescription
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+from launch.substitutions import PathJoinSubstitution
+from launch_ros.substitutions import FindPackageShare
+
+from launch import LaunchDescription
+
+PACKAGE = "deltaworld_ros"
+CONFIG = "robot.yaml"
+
+
+def generate_launch_description():
+    share = FindPackageShare(PACKAGE)
+    return LaunchDescription(
+        [
+            IncludeLaunchDescription(
+                PythonLaunchDescriptionSource(
+                    PathJoinSubstitution([share, "launch", "forecast.launch.py"])
+                ),
+                launch_arguments={
+                    "config": PathJoinSubstitution([share, "config", CONFIG])
+                }.items(),
+            )
+        ]
+    )

@@ -1,0 +1,34 @@
+"""A vehicle: front and side cameras, square crops, a Cityscapes-style head (config/vehicle.yaml).
+
+The camera topics are parameters in vehicle.yaml (front/image_raw, side/image_raw/compressed,
+relative to `namespace`); for other topics, copy the file and run forecast.launch.py
+config:=<copy>. forecast.launch.py's other arguments pass through:
+
+    ros2 launch deltaworld_ros vehicle.launch.py model_dir:=/models/vitb16_cityscapes
+"""
+
+from launch.actions import IncludeLaunchDescription
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+from launch.substitutions import PathJoinSubstitution
+from launch_ros.substitutions import FindPackageShare
+
+from launch import LaunchDescription
+
+PACKAGE = "deltaworld_ros"
+CONFIG = "vehicle.yaml"
+
+
+def generate_launch_description():
+    share = FindPackageShare(PACKAGE)
+    return LaunchDescription(
+        [
+            IncludeLaunchDescription(
+                PythonLaunchDescriptionSource(
+                    PathJoinSubstitution([share, "launch", "forecast.launch.py"])
+                ),
+                launch_arguments={
+                    "config": PathJoinSubstitution([share, "config", CONFIG])
+                }.items(),
+            )
+        ]
+    )

@@ -1,0 +1,163 @@
+"""The futures message format a planner reads, without DDS: pack a Forecast as the node does,
+decode it back with deltaworld_ros.ros.futures.decode_futures."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rclpy
+from std_msgs.msg import Header, String
+
+from deltaworld_ros.ros import packing
+from deltaworld_ros.ros.futures import (
+    crop_boxes,
+    decode_float_image,
+    decode_futures,
+    make_layout,
+    tile,
+    untile,
+)
+from deltaworld_ros.ros.harness import domain_id
+from deltaworld_ros.runtime.forecaster import Forecast, Forecaster, ForecasterConfig, FrameInput
+
+K, T, H, W = 3, 2, 6, 10
+
+
+def header(sec: int = 12, nanosec: int = 500_000_000) -> Header:
+    msg = Header(frame_id="camera_optical_frame")
+    msg.stamp.sec, msg.stamp.nanosec = sec, nanosec
+    return msg
+
+
+def forecast(num_classes: int = 7) -> Forecast:
+    rng = np.random.default_rng(0)
+    dtype = np.uint8 if num_classes <= 256 else np.uint16
+    confidence = np.sort(rng.random(K).astype(np.float32))[::-1]
+    return Forecast(
+        stream_id="camera",
+        stamp=12.5,
+        future_stamps=12.5 + 0.1 * np.arange(1, T + 1),
+        classes=rng.integers(0, num_classes, (K, T, H, W)).astype(dtype),
+        confidence=confidence / confidence.sum(),
+        uncertainty=rng.random((T, H, W)).astype(np.float32),
+        current_classes=rng.integers(0, num_classes, (H, W)).astype(dtype),
+        delta_tokens=np.zeros((K, T, 4), np.float32),
+        order=np.arange(K),
+        history_length=3,
+        reset=None,
+    )
+
+
+def layout(num_classes: int = 7, encoding: str = "mono8") -> dict:
+    return make_layout(
+        camera="camera",
+        num_hypotheses=K,
+        horizon=T,
+        tile_size=(H, W),
+        step_seconds=0.1,
+        class_names=[f"c{i}" for i in range(num_classes)],
+        palette=[(i, i, i) for i in range(num_classes)],
+        encoding=encoding,
+        crop="resize",
+        num_crops=1,
+        source_size=(48, 64),
+    )
+
+
+def test_rows_are_hypotheses_and_columns_horizon_steps():
+    maps = np.arange(K * T * H * W).reshape(K, T, H, W)
+    mosaic = tile(maps)
+    assert mosaic.shape == (K * H, T * W)
+    np.testing.assert_array_equal(mosaic[H : 2 * H, W : 2 * W], maps[1, 1])
+    np.testing.assert_array_equal(untile(mosaic, K, T), maps)
+    with pytest.raises(ValueError, match="does not split"):
+        untile(mosaic, K + 1, T)
+
+
+@pytest.mark.parametrize(("num_classes", "encoding"), [(7, "mono8"), (300, "mono16")])
+def test_decode_futures_returns_what_the_node_packed(num_classes, encoding):
+    f = forecast(num_classes)
+    futures = packing.futures_message(f, header())
+    confidence = packing.confidence_message(f, header())
+    body = layout(num_classes, encoding)
+    assert futures.encoding == encoding
+    assert (futures.height, futures.width) == (K * H, T * W)
+    assert (confidence.encoding, confidence.height, confidence.width) == ("32FC1", 1, K)
+    for given in (body, json.dumps(body), String(data=json.dumps(body))):
+        classes, conf = decode_futures(futures, confidence, given)
+        np.testing.assert_array_equal(classes, f.classes)
+        np.testing.assert_allclose(conf, f.confidence)
+        assert conf.sum() == pytest.approx(1)
+    classes, conf = decode_futures(futures, layout=body)
+    assert conf is None and classes.shape == (K, T, H, W)
+
+
+def test_decode_futures_refuses_mismatched_messages():
+    f = forecast()
+    futures = packing.futures_message(f, header())
+    with pytest.raises(ValueError, match="pair the messages by header stamp"):
+        decode_futures(futures, packing.confidence_message(f, header(sec=13)), layout())
+    with pytest.raises(ValueError, match="needs the layout"):
+        decode_futures(futures, packing.confidence_message(f, header()))
+    with pytest.raises(ValueError, match="not the futures/layout"):
+        decode_futures(futures, layout="{not json")
+
+
+def test_uncertainty_is_one_row_of_tiles():
+    f = forecast()
+    msg = packing.uncertainty_message(f, header())
+    assert (msg.encoding, msg.height, msg.width) == ("32FC1", H, T * W)
+    np.testing.assert_array_equal(untile(decode_float_image(msg), 1, T)[0], f.uncertainty)
+
+
+def test_visualization_shows_the_frame_bars_and_hypotheses():
+    f = forecast()
+    palette = packing.palette_array([], 7)  # the model ships none: a generated one
+    rgb = np.full((48, 64, 3), 200, np.uint8)
+    msg = packing.visualization_message(f, rgb, palette, header())
+    mosaic = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.width, 3)
+    assert msg.encoding == "rgb8" and msg.header.stamp == header().stamp
+    assert mosaic.shape == (K * H, W + packing.BAR_WIDTH + T * W, 3)
+    np.testing.assert_array_equal(mosaic[:H, :W], palette[f.current_classes])
+    np.testing.assert_array_equal(mosaic[H : 2 * H, :W], rgb[:H, :W])
+    np.testing.assert_array_equal(mosaic[:H, -W:], palette[f.classes[0, -1]])
+
+
+def test_crop_boxes_are_the_forecasters_crops():
+    """The layout's boxes locate each square crop in the source frame, as the Forecaster cuts."""
+    forecaster = Forecaster.__new__(Forecaster)  # _crops needs the config only, no network
+    forecaster.config = ForecasterConfig(crop="square")
+    for height, width in ((40, 130), (48, 96), (48, 64), (64, 48)):
+        columns = np.broadcast_to(
+            np.arange(width, dtype=np.uint8)[None, :, None], (height, width, 3)
+        )
+        crops = forecaster._crops(FrameInput("c", 0.0, np.ascontiguousarray(columns)))
+        boxes = crop_boxes((height, width), len(crops))
+        assert [[int(c[0, 0, 0]), 0, int(c[0, -1, 0]) + 1, c.shape[0]] for c in crops] == boxes
+
+
+def test_the_planner_snippet_of_the_docs_decodes_what_the_node_publishes(request):
+    """docs/NODE.md's planner subscriber, fed the messages the node packs (in publish order)."""
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "NODE.md").read_text()
+    (snippet,) = [b for b in re.findall(r"```python\n(.*?)```", docs, re.S) if "class Planner" in b]
+    namespace: dict = {}
+    exec(compile(snippet, "docs/NODE.md", "exec"), namespace)
+    f = forecast()
+    rclpy.init(domain_id=domain_id(request.node.name))
+    try:
+        planner = namespace["Planner"]()
+        planner.on_layout(String(data=json.dumps(layout())))
+        planner.on_confidence(packing.confidence_message(f, header()))
+        planner.on_futures(packing.futures_message(f, header()))
+        classes, confidence = planner.futures
+        np.testing.assert_array_equal(classes, f.classes)
+        np.testing.assert_allclose(confidence, f.confidence)
+        planner.on_futures(packing.futures_message(f, header(sec=99)))  # no confidence yet
+        assert planner.futures[1] is None
+        planner.destroy_node()
+    finally:
+        rclpy.shutdown()

@@ -1,0 +1,118 @@
+"""forecast_node's parameters, read the way the node reads them (a params file through rcl, in
+an rclpy context of this test's own), without starting the model or talking over DDS."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import rclpy
+from rclpy.context import Context
+from rclpy.node import Node
+
+from deltaworld_ros.ros.harness import domain_id, write_params
+from deltaworld_ros.ros.params import (
+    CAMERA_SPECS,
+    SPECS,
+    ParameterError,
+    declare_and_read,
+    undeclared_overrides,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def read(request, tmp_path):
+    """read(params, *files) -> (settings, node): parameters as forecast_node declares them."""
+    context = Context()
+    rclpy.init(context=context, domain_id=domain_id(request.node.name))
+    nodes = []
+
+    def read_params(params: dict, *files: Path):
+        args = ["--ros-args"]
+        for file in (*files, write_params(tmp_path / f"p{len(nodes)}.yaml", params)):
+            args += ["--params-file", str(file)]
+        node = Node("forecast_node", context=context, cli_args=args)
+        nodes.append(node)
+        return declare_and_read(node, "test.yaml"), node
+
+    yield read_params
+    for node in nodes:
+        node.destroy_node()
+    context.try_shutdown()
+
+
+def test_one_camera_reads_image_and_publishes_under_deltaworld(read, tmp_path):
+    settings, node = read({"model_dir": str(tmp_path)})
+    (camera,) = settings.cameras
+    assert (camera.name, camera.topic, camera.transport) == ("camera", "image", "raw")
+    assert camera.namespace == "deltaworld"
+    assert settings.model_dir == tmp_path and settings.providers is None
+    forecaster = settings.forecaster
+    assert (forecaster.num_hypotheses, forecaster.horizon) == (8, 3)
+    assert forecaster.frame_interval is None and forecaster.output_size is None  # the model's
+    descriptor = node.describe_parameter("num_hypotheses")
+    assert descriptor.read_only and descriptor.description == SPECS["num_hypotheses"].description
+    assert (descriptor.integer_range[0].from_value, descriptor.integer_range[0].to_value) == (1, 64)
+
+
+def test_several_cameras_get_a_namespace_and_a_topic_each(read, tmp_path):
+    settings, _ = read(
+        {
+            "model_dir": str(tmp_path),
+            "cameras": ["front", "rear"],
+            "cameras.rear.transport": "compressed",
+            "cameras.front.topic": "/car/front/image_raw",
+        }
+    )
+    front, rear = settings.cameras
+    assert (front.topic, front.namespace) == ("/car/front/image_raw", "deltaworld/front")
+    assert (rear.topic, rear.transport) == ("rear/image/compressed", "compressed")
+    assert rear.namespace == "deltaworld/rear"
+
+
+@pytest.mark.parametrize("config", ["default.yaml", "robot.yaml", "vehicle.yaml"])
+def test_the_shipped_configs_are_valid_given_a_model(read, tmp_path, config):
+    settings, node = read({"model_dir": str(tmp_path)}, ROOT / "config" / config)
+    assert undeclared_overrides(node) == []
+    if config == "vehicle.yaml":
+        assert [c.name for c in settings.cameras] == ["front", "side"]
+        assert settings.forecaster.crop == "square"
+        assert settings.cameras[1].transport == "compressed"
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"num_hypotheses": 0}, "num_hypotheses=0 is invalid (set in test.yaml): expected an "
+                                "integer in [1, 64]"),
+        ({"num_hypotheses": "eight"}, "num_hypotheses='eight' is invalid"),
+        ({"frame_interval": -0.1}, "frame_interval=-0.1 is invalid (set in test.yaml): expected "
+                                   "a number in [0, 60]"),
+        ({"crop": "circle"}, "crop='circle' is invalid (set in test.yaml): expected one of "
+                             "'resize', 'square'"),
+        ({"output_size": [0, 5]}, "output_size=[0, 5] is invalid"),
+        ({"cameras": ["a", "a"]}, "camera names must be unique"),
+        ({"cameras": ["front-left"]}, "camera name 'front-left' must be a ROS name token"),
+        ({"cameras.camera.transport": "h264"}, "cameras.camera.transport='h264' is invalid"),
+        ({"strict_providers": True}, "list the providers it must hold to"),
+        ({"precision": "bf16"}, "bf16 runs on the torch backend only"),
+        ({"model_dir": "/nonexistent/model"}, "no such directory /nonexistent/model"),
+    ],
+)  # fmt: skip
+def test_a_bad_value_names_the_parameter_the_value_and_the_fix(read, tmp_path, params, message):
+    with pytest.raises(ParameterError) as caught:
+        read({"model_dir": str(tmp_path), **params})
+    assert message in str(caught.value)
+
+
+def test_unknown_parameters_are_reported(read, tmp_path):
+    _, node = read({"model_dir": str(tmp_path), "num_hypothesis": 4})
+    assert undeclared_overrides(node) == ["num_hypothesis"]
+
+
+def test_every_parameter_is_documented():
+    docs = (ROOT / "docs" / "NODE.md").read_text()
+    for name in [*SPECS, *(f"cameras.<name>.{key}" for key in CAMERA_SPECS)]:
+        assert f"| `{name}` |" in docs, f"{name} is missing from the parameter table of NODE.md"
