@@ -31,7 +31,7 @@ READY = "forecasting K="  # the node's log line once its model is loaded and top
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("results/demo"), help="output folder")
-    parser.add_argument("--frames", type=int, default=150, help="frames of the synthetic bag")
+    parser.add_argument("--frames", type=int, default=300, help="frames of the synthetic bag")
     parser.add_argument("--seed", type=int, default=7, help="world seed of the synthetic bag")
     parser.add_argument("--model", type=Path, help="model directory (default: the embedded one)")
     parser.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime")
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.monotonic()
     model = args.model or default_model_dir()
     try:
-        read_manifest(model)
+        step = read_manifest(model).config.frame_interval  # the node's forecast step
     except ModelDirError as err:
         print(f"deltaworld demo: {err}", file=sys.stderr)
         return 2
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
             return 1
         print(f"[demo] 3/5 replaying {bag} into the node, recording {predictions}")
         try:
-            summary = run_replay(bag, predictions, args.rate, domain, not args.no_progress)
+            summary = run_replay(bag, predictions, args.rate, step, domain, not args.no_progress)
         except ReplayError as err:
             print(f"deltaworld demo: {err}; the node's log:\n{tail(node.log())}", file=sys.stderr)
             return 1
@@ -151,7 +151,7 @@ def stop_node(node: NodeProcess, grace: float = 15.0) -> int | None:
 
 
 def run_replay(
-    bag: Path, record: Path, rate: float | None, domain: int, progress: bool
+    bag: Path, record: Path, rate: float | None, step: float, domain: int, progress: bool
 ) -> dict[str, object]:
     options = ReplayOptions(
         bag=bag,
@@ -159,6 +159,7 @@ def run_replay(
         record=record,
         rate=rate or 1.0,
         fast=rate is None,
+        step=step,
         progress=progress,
     )
     return replay(options, domain_id=domain)

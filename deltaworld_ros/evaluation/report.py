@@ -381,15 +381,14 @@ def plot_confidence(metrics: dict[str, Any], path: Path) -> Path:
     entries.append(("rollout", cm["rollout_confidence"]))
     entries = [(n, q) for n, q in entries if q.get("forecasts")]
     x = np.arange(len(entries))
-    for i, (key, legend) in enumerate(
-        (("most_confident", "most confident"), ("random", "random (mean of K)"), ("best", "best"))
-    ):
-        values = [q.get(key) or 0.0 for _, q in entries]
-        axes[1].bar(x + (i - 1) * 0.27, values, 0.27, label=legend)
+    for i, (key, legend) in enumerate((("most_confident", "most confident"), ("best", "best"))):
+        values = [(q.get(key) or 0.0) - (q.get("random") or 0.0) for _, q in entries]
+        axes[1].bar(x + (i - 0.5) * 0.35, values, 0.35, label=legend)
+    axes[1].axhline(0, color="k", lw=0.8)
     axes[1].set_xticks(x, [n for n, _ in entries])
     axes[1].set_xlabel("horizon step")
-    axes[1].set_ylabel("class error 1 - frame mIoU")
-    axes[1].set_title("most confident vs random vs best")
+    axes[1].set_ylabel("class error - a random hypothesis' error")
+    axes[1].set_title("vs a random hypothesis (below 0: better)")
     bins = cm["reliability"]
     if bins:
         conf = [b["confidence"] for b in bins]
@@ -422,7 +421,7 @@ def plot_latency(metrics: dict[str, Any], path: Path) -> Path:
     ax.set_yticks(y, names)
     ax.invert_yaxis()
     ax.set_xlabel("ms per frame")
-    ax.set_title("latency per stage (offline run)")
+    ax.set_title("latency per stage")
     ax.legend()
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
@@ -475,7 +474,7 @@ def plot_example(
         f"(stamp {example.stamp_s:.3f})",
         fontsize=10,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / rows))  # room for the suptitle
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path

@@ -70,6 +70,7 @@ class ReplayOptions:
     settle: float = 1.0  # s to keep recording after the last frame
     wait: float = 60.0  # s to wait for the node to come up
     timeout: float = 10.0  # s to wait for one forecast in --fast
+    step: float | None = None  # the node's forecast step (s); None: from its first layout
     storage: str = "mcap"
     max_frames: int | None = None
     progress: bool = True
@@ -282,7 +283,7 @@ def _play(
     if options.max_frames is not None:
         total = min(total, options.max_frames)
     progress = tqdm(total=total, unit="frame", desc="replay", disable=not options.progress)
-    pacer = _Pacer(recorder, options.timeout) if options.fast else None
+    pacer = _Pacer(recorder, options.timeout, options.step) if options.fast else None
     sent: dict[int, float] = {}  # header stamp -> monotonic time published
     first_log = first_wall = None
     for frame in read_frames(options.bag, options.image_topic, msgtype, stats):
@@ -342,13 +343,14 @@ class _Pacer:
 
     Which frames the node forecasts follows from its gate (one kept frame per forecast step of
     header time; none during the warm-up of a (re)started history). The step comes with the
-    node's first layout message; until then every frame after the first is awaited.
+    node's first layout message (or --step); until then every frame after the first is awaited,
+    and one the node gates costs a --timeout.
     """
 
-    def __init__(self, recorder: Recorder, timeout: float) -> None:
+    def __init__(self, recorder: Recorder, timeout: float, step: float | None) -> None:
         self.recorder = recorder
         self.timeout = timeout
-        self.gate: Gate | None = None
+        self.gate = None if step is None else self._new_gate(step)
         self.history: list[_Frame] = []  # frames sent before the gate was known
         self.segment_kept = 0
         self.warmup = ForecasterConfig().min_context  # frames before a history forecasts
@@ -378,6 +380,11 @@ class _Pacer:
         self.segment_kept = (0 if restart else self.segment_kept) + kept
         return kept and self.segment_kept >= self.warmup
 
+    @staticmethod
+    def _new_gate(step: float) -> Gate:
+        defaults = ForecasterConfig()  # the node's gate tolerance and restart gap
+        return Gate(step, defaults.gate_tolerance, defaults.max_gap)
+
     def _sync(self, wait: float = 0.0) -> bool | None:
         """Build the node's gate once its layout is known and run it over the frames sent so
         far; whether the last of them will be forecast (None: no layout yet)."""
@@ -386,8 +393,7 @@ class _Pacer:
             layout = self.recorder.layout
         if layout is None:
             return None
-        defaults = ForecasterConfig()
-        self.gate = Gate(float(layout["step_seconds"]), defaults.gate_tolerance, defaults.max_gap)
+        self.gate = self._new_gate(float(layout["step_seconds"]))
         expect = None
         for frame in self.history:
             expect = self._admit(frame)
@@ -425,6 +431,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--settle", type=float, default=1.0, help="s to record after the end")
     parser.add_argument("--wait", type=float, default=60.0, help="s to wait for the node")
     parser.add_argument("--timeout", type=float, default=10.0, help="s per forecast (--fast)")
+    parser.add_argument(
+        "--step",
+        type=float,
+        help="the node's forecast step in s (--fast; default: learnt from its first forecast)",
+    )
     parser.add_argument("--max-frames", type=int, help="play only the first N frames")
     parser.add_argument("--domain-id", type=int, help="ROS_DOMAIN_ID (default: the env's)")
     parser.add_argument("--no-progress", action="store_true")
@@ -444,6 +455,7 @@ def options_from(args: argparse.Namespace) -> ReplayOptions:
         settle=args.settle,
         wait=args.wait,
         timeout=args.timeout,
+        step=args.step,
         storage=args.storage,
         max_frames=args.max_frames,
         progress=not args.no_progress,
