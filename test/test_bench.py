@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from conftest import FIXTURES
 
@@ -11,12 +12,14 @@ from deltaworld_ros.cli import main
 from deltaworld_ros.model.config import vitb16
 from deltaworld_ros.runtime.bench import (
     CountingEngine,
+    Records,
     frame_flops,
     graph_flops,
     run_steps,
     soak_report,
     synthetic_streams,
 )
+from deltaworld_ros.runtime.engine import GRAPHS
 from deltaworld_ros.runtime.forecaster import Forecaster, ForecasterConfig
 from deltaworld_ros.runtime.torch_engine import TorchEngine
 
@@ -39,15 +42,20 @@ def test_counted_flops_equal_the_steady_state_formula(tiny_model):
     frames = synthetic_streams(2, tiny_model.cfg.image_size, cycle=3)
     records = run_steps(forecaster, engine, frames, steps=6)
     expected = frame_flops(tiny_model.cfg, 4, 2, forecaster.context_length)
-    last = records[-1]  # the window is full: the anchor is re-encoded every frame
-    assert last["forecasts"] == 2
-    assert last["flops"] == {g: 2 * v for g, v in expected.items()}
+    last = records.flops[-1]  # the window is full: the anchor is re-encoded every frame
+    assert dict(zip(GRAPHS, last.tolist(), strict=True)) == {g: 2 * v for g, v in expected.items()}
 
 
 def test_soak_report_flags_growth():
-    steady = [{"rss": 100 << 20, "wall": 0.01} for _ in range(500)]
+    steady = Records.empty(500)
+    steady.wall[:], steady.cpu[:], steady.rss[:] = 0.01, 0.01, 100 << 20
     assert soak_report(steady, 5.0)["passed"]
-    leaking = [{"rss": (100 + i // 10) << 20, "wall": 0.01} for i in range(500)]
+    leaking = Records.empty(500)
+    leaking.wall[:], leaking.cpu[:], leaking.rss[:] = (
+        0.01,
+        0.01,
+        (100 + np.arange(500) // 10) * 2**20,
+    )
     report = soak_report(leaking, 5.0)
     assert not report["passed"] and report["drift_percent"]["rss_mib"] > 5
 

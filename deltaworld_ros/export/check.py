@@ -1,7 +1,7 @@
 """Parity of every exported graph with its torch module, at several batch sizes and contexts.
 
 Tolerance: max|onnx - torch| <= rel * max(1, max|torch|), rel = 1e-4 for float32 graphs
-(the fixtures' tolerance) and 3e-2 for the float16 variants against the float32 module.
+(the fixtures' tolerance) and 1e-2 for the float16 variants against the float32 module.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import onnxruntime as ort
 import torch
 
 from ..model.world_model import WorldModel
+from ..runtime.ort_engine import session_options
 from .graphs import SPECS, example_inputs
 
-TOLERANCE = {"fp32": 1e-4, "fp16": 3e-2}
+TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
 
 
 class ParityError(AssertionError):
@@ -42,14 +43,6 @@ def cases(model: WorldModel, graph: str) -> list[tuple[int, int | None]]:
     return [(1, ctx), (3, ctx), (2, 1), (5, ctx + 3)]
 
 
-def session(path: Path, threads: int | None = None) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def check_graph(
     model: WorldModel, graph: str, path: Path, precision: str = "fp32", seed: int = 0
 ) -> list[Parity]:
@@ -57,7 +50,7 @@ def check_graph(
     ParityError naming the graph, the case, the error and the tolerance."""
     spec = SPECS[graph]
     module = spec.wrapper(model).eval()
-    sess = session(path)
+    sess = ort.InferenceSession(str(path), session_options(None), ["CPUExecutionProvider"])
     rel = TOLERANCE[precision]
     results = []
     for i, (batch, context) in enumerate(cases(model, graph)):

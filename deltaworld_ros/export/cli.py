@@ -12,8 +12,8 @@ from typing import Any
 import torch
 
 from ..model.config import PRESETS, ModelConfig, preset
-from ..model.loading import load_published, save_weights
-from ..model.store import load_model, read_manifest, sha256
+from ..model.loading import WeightFileError, load_published, save_weights
+from ..model.store import ModelDirError, load_model, read_manifest, sha256
 from ..model.world_model import WorldModel
 from .exporter import export_model
 
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("deltaworld_ros").setLevel(logging.INFO)
     try:
         model, out, provenance = build(args)
-    except ValueError as err:
+    except (ValueError, ModelDirError, WeightFileError) as err:
         raise SystemExit(f"deltaworld export: {err}") from None
     out.mkdir(parents=True, exist_ok=True)
     if args.model_dir is None or out.resolve() != args.model_dir.resolve():

@@ -91,7 +91,7 @@ class OrtEngine:
                     f"{self.model_dir} has no {relative} in its manifest; export the graphs "
                     f"with `deltaworld export --model-dir {self.model_dir}{hint}`"
                 )
-            options = _session_options(threads)
+            options = session_options(threads)
             provider_options = [self._provider_options(p, graph, device_id, max_batch)
                                 for p in wanted]  # fmt: skip
             session = ort.InferenceSession(
@@ -171,12 +171,15 @@ class OrtEngine:
         return self._run("head", y)
 
 
-def _session_options(threads: int | None) -> ort.SessionOptions:
+def session_options(threads: int | None) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     if threads:
         options.intra_op_num_threads = threads
+    # Five sessions run one after another: a pool that spins after its graph would steal the
+    # cores the next graph needs (and a shared robot computer's).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
