@@ -61,6 +61,7 @@ def base_params(model_dir: Path, **overrides) -> dict:
         "num_hypotheses": K,
         "horizon": T,
         "diagnostics_period": 0.25,
+        "providers": ["cpu"],  # no GPU here: spare the log the CUDA/TensorRT load errors
     }
     params.update(overrides)
     return params
@@ -139,13 +140,21 @@ def stamp(msg) -> int:
     return stamp_ns(msg.header)
 
 
-def camera_values(probe: Probe, camera: str) -> dict[str, str]:
-    """The latest /diagnostics key/values of one camera (empty before the first)."""
+def status_values(probe: Probe, name: str) -> dict[str, str]:
+    """The latest /diagnostics key/values of the status `name` (empty before the first)."""
     for array in reversed(probe.received("/diagnostics")):
         for status in array.status:
-            if status.name == f"deltaworld: camera {camera}":
+            if status.name == name:
                 return {kv.key: kv.value for kv in status.values}
     return {}
+
+
+def camera_values(probe: Probe, camera: str) -> dict[str, str]:
+    return status_values(probe, f"deltaworld: camera {camera}")
+
+
+def engine_values(probe: Probe) -> dict[str, str]:
+    return status_values(probe, "deltaworld: engine")
 
 
 def test_outputs_have_the_documented_types_shapes_and_headers(tmp_path, domain, model_dir):
@@ -158,14 +167,20 @@ def test_outputs_have_the_documented_types_shapes_and_headers(tmp_path, domain, 
         probe.subscribe(String, f"{ns}/futures/layout", LAYOUT_QOS)
         camera = Camera(probe, "/image", "camera_optical_frame")
         stream(node, [camera], lambda: len(probe.received(f"{ns}/futures")) >= 3, START_TIMEOUT)
-        futures = probe.received(f"{ns}/futures")[-1]
+        futures = probe.received(f"{ns}/futures")[0]  # its companions are surely in by now
         by_stamp = {
             topic: {stamp(m): m for m in probe.received(f"{ns}/{topic}")}
             for topic in ("futures/confidence", "futures/uncertainty", "visualization")
         }
         layout = json.loads(probe.received(f"{ns}/futures/layout")[-1].data)
-        stream(node, [camera], lambda: camera_values(probe, "camera"), 10)
-        diagnostics = probe.received("/diagnostics")
+
+        def reported() -> bool:
+            published = int(camera_values(probe, "camera").get("forecasts published", 0))
+            return published >= 3 and "node: pack mean ms" in engine_values(probe)
+
+        stream(node, [camera], reported, 10)
+        engine = engine_values(probe)
+        cam = camera_values(probe, "camera")
 
     assert stamp(futures) in camera.sent
     assert futures.header.frame_id == "camera_optical_frame"
@@ -191,22 +206,19 @@ def test_outputs_have_the_documented_types_shapes_and_headers(tmp_path, domain, 
     assert mosaic.encoding == "rgb8" and mosaic.header.frame_id == "camera_optical_frame"
     assert (mosaic.height, mosaic.width) == (K * h, w + packing.BAR_WIDTH + T * w)
 
-    statuses = {s.name: {kv.key: kv.value for kv in s.values} for s in diagnostics[-1].status}
-    engine = statuses["deltaworld: engine"]
     assert engine["backend"] == "onnxruntime" and engine["K"] == str(K)
     assert {
         f"provider: {g}" for g in ("backbone", "encoder", "predictor", "decoder", "head")
     } <= set(engine)
     for stage in ("node: convert", "node: pack", "node: publish", "forecaster: total"):
         assert float(engine[f"{stage} mean ms"]) >= 0
-    cam = statuses["deltaworld: camera camera"]
     assert float(cam["input rate (Hz)"]) > 0 and int(cam["forecasts published"]) >= 3
 
 
 def test_two_cameras_publish_under_their_own_namespaces(tmp_path, domain, model_dir):
     """config/vehicle.yaml: front (raw bgr8, wide: two square crops side by side) and side
     (jpeg CompressedImage), batched in one engine, outputs under /deltaworld/<camera>."""
-    params = base_params(model_dir, output_size=[16, 16], precision="fp32", providers=["cpu"])
+    params = base_params(model_dir, output_size=[16, 16], precision="fp32")
     config = ROOT / "config" / "vehicle.yaml"
     with forecast_node(tmp_path, domain, params, config) as (node, probe):
         for name in ("front", "side"):
@@ -333,10 +345,10 @@ def test_a_stamp_that_jumps_back_resets_that_cameras_history(tmp_path, domain, m
         play(lambda: any(stamp(m) < 600 * NS for m in probe.received("/deltaworld/futures")), 20)
         play(lambda: "reset: stamp went backwards" in camera_values(probe, "camera"), 10)
         values = camera_values(probe, "camera")
-        diagnostic_stamps = [stamp(m) for m in probe.received("/diagnostics")[-3:]]
+        report = probe.received("/diagnostics")[-1]  # the one that counted the reset
 
     assert values["reset: stamp went backwards"] == "1"
-    assert all(400 * NS < s < 2000 * NS for s in diagnostic_stamps), diagnostic_stamps  # sim
+    assert 500 * NS < stamp(report) < 600 * NS  # stamped on the bag's clock, after the loop
 
 
 @pytest.mark.parametrize(

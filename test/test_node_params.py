@@ -85,13 +85,15 @@ def test_the_shipped_configs_are_valid_given_a_model(read, tmp_path, config):
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"num_hypotheses": 0}, "num_hypotheses=0 is invalid (set in test.yaml): expected an "
-                                "integer in [1, 64]"),
+        ({"num_hypotheses": 0},
+         "num_hypotheses=0 is invalid (parameters from test.yaml): expected an integer in [1, 64]"),
         ({"num_hypotheses": "eight"}, "num_hypotheses='eight' is invalid"),
-        ({"frame_interval": -0.1}, "frame_interval=-0.1 is invalid (set in test.yaml): expected "
-                                   "a number in [0, 60]"),
-        ({"crop": "circle"}, "crop='circle' is invalid (set in test.yaml): expected one of "
-                             "'resize', 'square'"),
+        ({"frame_interval": -0.1},
+         "frame_interval=-0.1 is invalid (parameters from test.yaml): expected a number in "
+         "[0, 60]"),
+        ({"crop": "circle"},
+         "crop='circle' is invalid (parameters from test.yaml): expected one of "
+         "'resize', 'square'"),
         ({"output_size": [0, 5]}, "output_size=[0, 5] is invalid"),
         ({"cameras": ["a", "a"]}, "camera names must be unique"),
         ({"cameras": ["front-left"]}, "camera name 'front-left' must be a ROS name token"),

@@ -47,8 +47,9 @@ PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"
 
 def frames(height: int, width: int, count: int, rate: float) -> list[Image]:
     """`count` frames of the procedural street world as rgb8 messages (stamps set at send)."""
-    world = render_sequence(WorldConfig(height=height, width=width, fps=rate), seed=0,
-                            num_frames=count)  # fmt: skip
+    world = render_sequence(
+        WorldConfig(height=height, width=width, fps=rate), seed=0, num_frames=count
+    )
     return [packing.image_message(rgb, "rgb8", Header(frame_id="camera")) for rgb in world.rgb]
 
 
@@ -134,11 +135,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             reports = engine_values(probe, begin + 1.0)
             futures = probe.timed("/deltaworld/futures")
             code = node.interrupt()
-    latencies = np.array([
-        (arrived - stamp_ns(msg.header) * 1e-9) * 1e3
-        for arrived, msg in futures
-        if begin <= stamp_ns(msg.header) * 1e-9 <= end
-    ])  # fmt: skip
+    latencies = np.array(
+        [
+            (arrived - stamp_ns(msg.header) * 1e-9) * 1e3
+            for arrived, msg in futures
+            if begin <= stamp_ns(msg.header) * 1e-9 <= end
+        ]
+    )
     stages = stage_means(reports)
     frames_sent = sent - sent_before
 
@@ -153,12 +156,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(),
             "python": platform.python_version(),
-        },  # fmt: skip
+        },
         "model": {
             "dir": str(model_dir),
             "name": manifest.config.name,
             "image_size": list(manifest.config.image_size),
-        },  # fmt: skip
+            "source": manifest.provenance.get("source", ""),
+        },
         "params": params,
         "dds_profile": os.environ.get(PROFILE_VARIABLE, "Fast DDS defaults"),
         "input": {
@@ -167,7 +171,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "encoding": "rgb8",
             "duration_s": round(end - begin, 2),
             "frames_sent": frames_sent,
-        },  # fmt: skip
+        },
         "forecasts": {
             "received": int(latencies.size),
             "rate_hz": round(latencies.size / (end - begin), 2),
@@ -186,7 +190,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             k.removeprefix("forecaster: "): v
             for k, v in stages.items()
             if k.startswith("forecaster: ")
-        },  # fmt: skip
+        },
         "node_stamp_to_publish_ms": stages.get("stamp to publish"),
         "exit_code_after_sigint": code,
     }
@@ -218,8 +222,9 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deltaworld_ros.ros.bench_node",
-                                     description=__doc__.splitlines()[0])  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m deltaworld_ros.ros.bench_node", description=__doc__.splitlines()[0]
+    )
     add_arguments(parser)
     args = parser.parse_args(argv)
     result = run(args)

@@ -322,7 +322,7 @@ class ForecastNode(Node):
 
 def decode_error_kind(msg: Image | CompressedImage) -> str:
     """A short cause for the diagnostics counters, read off the message that failed."""
-    if isinstance(msg, CompressedImage) or not hasattr(msg, "encoding"):
+    if isinstance(msg, CompressedImage):
         fmt = msg.format.lower()
         return "corrupt payload" if "jpeg" in fmt or "jpg" in fmt or "png" in fmt else "format"
     if msg.encoding not in RAW_ENCODINGS:

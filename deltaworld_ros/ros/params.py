@@ -101,7 +101,7 @@ SPECS: dict[str, Spec] = {
         ["camera"],
         "camera names; one camera publishes under output_namespace, "
         "several under output_namespace/<camera>",
-    ),  # fmt: skip
+    ),
     "output_namespace": Spec("deltaworld", "namespace of the outputs (relative to the node's)"),
     "visualization": Spec(True, "publish the rgb8 visualization mosaic"),
     "seed": Spec(0, "seed of the hypotheses' noise", 0, 2**31 - 1),
@@ -142,58 +142,41 @@ class NodeSettings:
 def declare_and_read(node: Node, sources: str = "") -> NodeSettings:
     """Declare every parameter (cameras.<name>.* once the names are known) and validate.
     `sources` names where values came from (params files), for the error messages."""
-    values = {name: _declare(node, name, spec, sources) for name, spec in SPECS.items()}
+    read = _Reader(node, sources)
+    values = {name: read.declare(name, spec) for name, spec in SPECS.items()}
     names = values["cameras"]
-    _check(bool(names), "cameras", names, "list at least one camera name", sources)
-    _check(len(set(names)) == len(names), "cameras", names, "camera names must be unique", sources)
+    read.check(bool(names), "cameras", names, "list at least one camera name")
+    read.check(len(set(names)) == len(names), "cameras", names, "camera names must be unique")
     for name in names:
-        _check(
+        read.check(
             bool(NAME_TOKEN.match(name)), "cameras", names,
             f"camera name {name!r} must be a ROS name token: a letter, then letters, digits, _",
-            sources,
         )  # fmt: skip
     namespace = values["output_namespace"].strip("/")
-    _check(
+    read.check(
         bool(TOPIC_NAME.match(namespace)), "output_namespace", values["output_namespace"],
-        "a ROS name such as deltaworld", sources,
+        "a ROS name such as deltaworld",
     )  # fmt: skip
-    cameras = []
-    for name in names:
-        camera = {
-            key: _declare(node, f"cameras.{name}.{key}", spec, sources)
-            for key, spec in CAMERA_SPECS.items()
-        }
-        topic = camera["topic"] or ("image" if len(names) == 1 else f"{name}/image")
-        if not camera["topic"] and camera["transport"] == "compressed":
-            topic += "/compressed"
-        _check(
-            bool(TOPIC_NAME.match(topic)), f"cameras.{name}.topic", topic,
-            "a ROS topic name such as front/image_raw", sources,
-        )  # fmt: skip
-        outputs = namespace if len(names) == 1 else f"{namespace}/{name}"
-        cameras.append(CameraSettings(name, topic, camera["transport"], outputs))
     output_size = values["output_size"]
-    _check(
+    read.check(
         len(output_size) == 2 and (all(v == 0 for v in output_size)
                                    or all(1 <= v <= 4096 for v in output_size)),
         "output_size", output_size, "[h, w] with both in 1..4096, or [0, 0] for the default",
-        sources,
     )  # fmt: skip
-    _check(
-        not values["strict_providers"] or bool(values["providers"]),
-        "strict_providers", True, "list the providers it must hold to (providers:=[...])", sources,
+    read.check(
+        not values["strict_providers"] or bool(values["providers"]), "strict_providers", True,
+        "list the providers it must hold to (providers:=[...])",
     )  # fmt: skip
-    _check(
-        values["precision"] != "bf16" or values["backend"] == "torch",
-        "precision", "bf16", "bf16 runs on the torch backend only; use fp16 with onnxruntime",
-        sources,
+    read.check(
+        values["precision"] != "bf16" or values["backend"] == "torch", "precision", "bf16",
+        "bf16 runs on the torch backend only; use fp16 with onnxruntime",
     )  # fmt: skip
-    _check(
+    read.check(
         values["device"] == "cpu" or re.fullmatch(r"cuda(:\d+)?", values["device"]) is not None,
-        "device", values["device"], "cpu, cuda or cuda:<index>", sources,
+        "device", values["device"], "cpu, cuda or cuda:<index>",
     )  # fmt: skip
     return NodeSettings(
-        model_dir=_model_dir(values["model_dir"], sources),
+        model_dir=read.model_dir(values["model_dir"]),
         backend=values["backend"],
         providers=tuple(values["providers"]) if values["providers"] else None,
         strict_providers=values["strict_providers"],
@@ -209,7 +192,7 @@ def declare_and_read(node: Node, sources: str = "") -> NodeSettings:
             crop=values["crop"],
             seed=values["seed"],
         ),
-        cameras=tuple(cameras),
+        cameras=tuple(read.camera(name, len(names), namespace) for name in names),
         visualization=values["visualization"],
         diagnostics_period=values["diagnostics_period"],
     )
@@ -221,51 +204,70 @@ def undeclared_overrides(node: Node) -> list[str]:
     return sorted(name for name in _overrides(node) if not node.has_parameter(name))
 
 
-def _declare(node: Node, name: str, spec: Spec, sources: str) -> Any:
-    try:
-        value = node.declare_parameter(name, spec.default, spec.descriptor(name)).value
-    except ParameterException as err:
-        given = _overrides(node).get(name)
-        shown = given.value if given is not None else spec.default
-        fix = f"expected {spec.expected()} ({spec.description})"
-        raise ParameterError(_message(name, shown, fix, sources)) from err
-    if spec.choices and value not in spec.choices:
-        fix = f"expected {spec.expected()} ({spec.description})"
-        raise ParameterError(_message(name, value, fix, sources))
-    return value
-
-
 def _overrides(node: Node) -> dict[str, Parameter]:
     """Values from params files and -p; rclpy keeps them with no public accessor."""
     return getattr(node, "_parameter_overrides", {})
 
 
-def _check(ok: bool, name: str, value: Any, fix: str, sources: str) -> None:
-    if not ok:
-        raise ParameterError(_message(name, value, fix, sources))
+class _Reader:
+    """Declares parameters on a node; every refusal is a ParameterError naming the sources."""
 
+    def __init__(self, node: Node, sources: str) -> None:
+        self.node = node
+        self.where = f" (parameters from {sources})" if sources else ""
 
-def _message(name: str, value: Any, fix: str, sources: str) -> str:
-    where = f" (set in {sources})" if sources else ""
-    return f"parameter {name}={value!r} is invalid{where}: {fix}"
+    def declare(self, name: str, spec: Spec) -> Any:
+        """Declare with the descriptor; a value of the wrong type or out of range (refused by
+        rclpy) or not among the choices is a ParameterError."""
+        fix = f"expected {spec.expected()} ({spec.description})"
+        try:
+            value = self.node.declare_parameter(name, spec.default, spec.descriptor(name)).value
+        except ParameterException as err:
+            given = _overrides(self.node).get(name)
+            shown = spec.default if given is None else given.value
+            raise ParameterError(self.message(name, shown, fix)) from err
+        self.check(not spec.choices or value in spec.choices, name, value, fix)
+        return value
 
+    def check(self, ok: bool, name: str, value: Any, fix: str) -> None:
+        if not ok:
+            raise ParameterError(self.message(name, value, fix))
 
-def _model_dir(value: str, sources: str) -> Path:
-    if not value:
-        path = default_model_dir()
-        _check(
-            path.is_dir(), "model_dir", "",
-            f"the embedded default model is missing at {path}: build it (make demo) or set "
-            "model_dir to a model directory with a manifest.json", sources,
+    def message(self, name: str, value: Any, fix: str) -> str:
+        return f"parameter {name}={value!r} is invalid{self.where}: {fix}"
+
+    def camera(self, name: str, count: int, namespace: str) -> CameraSettings:
+        """cameras.<name>.*; the default topic is image (one camera) or <name>/image."""
+        values = {
+            key: self.declare(f"cameras.{name}.{key}", spec) for key, spec in CAMERA_SPECS.items()
+        }
+        topic = values["topic"] or ("image" if count == 1 else f"{name}/image")
+        if not values["topic"] and values["transport"] == "compressed":
+            topic += "/compressed"
+        self.check(
+            bool(TOPIC_NAME.match(topic)), f"cameras.{name}.topic", topic,
+            "a ROS topic name such as front/image_raw",
+        )  # fmt: skip
+        outputs = namespace if count == 1 else f"{namespace}/{name}"
+        return CameraSettings(name, topic, values["transport"], outputs)
+
+    def model_dir(self, value: str) -> Path:
+        """'' = the embedded default model; ~ and $VARS expand. The directory must exist."""
+        if not value:
+            path = default_model_dir()
+            self.check(
+                path.is_dir(), "model_dir", "",
+                f"the embedded default model is missing at {path}: set model_dir to a model "
+                "directory with a manifest.json (`deltaworld export`, `deltaworld train`)",
+            )  # fmt: skip
+            return path
+        path = Path(os.path.expandvars(os.path.expanduser(value))).resolve()
+        self.check(
+            path.is_dir(), "model_dir", value,
+            f"no such directory {path}: bring the model there (a directory with manifest.json, "
+            "written by `deltaworld export`) or set model_dir:='' for the embedded default",
         )  # fmt: skip
         return path
-    path = Path(os.path.expandvars(os.path.expanduser(value))).resolve()
-    _check(
-        path.is_dir(), "model_dir", value,
-        f"no such directory {path}: bring the model there (a directory with manifest.json, "
-        "written by `deltaworld export`) or set model_dir:='' for the embedded default", sources,
-    )  # fmt: skip
-    return path
 
 
 def params_files(argv: list[str]) -> str:
