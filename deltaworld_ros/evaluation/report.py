@@ -180,7 +180,8 @@ def report_blocks(metrics: dict[str, Any], figures: dict[str, Path]) -> list[Blo
             Block(
                 "table",
                 (
-                    ["step", "horizon s", "scored", *(LINES[n][0] for n in names)],
+                    ["step", "horizon s", "scored", *(LINES[n][0] for n in names[:-1])]
+                    + ["copy last (present features)"],
                     [
                         [s["step"], _num(s["horizon_s"], 2), s["scored"]]
                         + [_num(s["feature_mse"].get(n), 4) for n in names]
@@ -346,6 +347,7 @@ def plot_horizon(metrics: dict[str, Any], path: Path) -> Path:
             values = [s["feature_mse"].get(name) for s in fsteps]
             if any(v is not None for v in values):
                 legend, style = LINES[name]
+                legend = "copy last (present features)" if name == "copy_last" else legend
                 axes[1].plot(x, [np.nan if v is None else v for v in values], style, label=legend)
         axes[1].set_title(f"feature error ({metrics['features']['source']})")
         axes[1].set_ylabel("MSE (lower is better)")
