@@ -9,12 +9,11 @@ PACKAGE = "deltaworld_ros"
 
 
 def model_data_files() -> list[tuple[str, list[str]]]:
-    """Each models/<name>/ folder installs under share/<pkg>/models/<name>/."""
+    """Every folder under models/ (manifest, weights/, onnx/...) installs under share/<pkg>/."""
     entries = []
-    for folder in sorted(Path("models").glob("*")):
-        files = [str(f) for f in sorted(folder.iterdir()) if f.is_file()]
-        if files:
-            entries.append((f"share/{PACKAGE}/models/{folder.name}", files))
+    for folder in sorted({p.parent for p in Path("models").rglob("*") if p.is_file()}):
+        files = sorted(str(f) for f in folder.iterdir() if f.is_file())
+        entries.append((f"share/{PACKAGE}/{folder.as_posix()}", files))
     return entries
 
 
