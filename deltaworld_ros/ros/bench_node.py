@@ -7,7 +7,7 @@ publishes rgb8 camera frames at --rate Hz stamped with the wall clock, and repor
   - the node's own overhead (message -> RGB conversion, packing, publishing) next to the
     Forecaster's time per step, both as the node reports them on /diagnostics;
   - rates and drops (stale: replaced before inference; gated: between forecast steps).
-The result goes to benchmarks/node_<model>_<time>.json.
+The result goes to benchmarks/node-<model>-<backend>.json.
 
 Frames above 512 KB (640x480 rgb8 is 900 KB) do not fit Fast DDS's default shared-memory
 segment and go over fragmented UDP, where the node's best-effort camera subscription loses
@@ -228,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     result = run(args)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    out = args.out or Path("benchmarks") / f"node_{result['model']['name']}_{stamp}.json"
+    name = f"node-{result['model']['name']}-{args.backend}.json"  # beside `deltaworld bench`'s
+    out = args.out or Path("benchmarks") / name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     latency = result["latency_stamp_to_subscriber_ms"]
