@@ -34,7 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=300, help="frames of the synthetic bag")
     parser.add_argument("--seed", type=int, default=7, help="world seed of the synthetic bag")
     parser.add_argument("--model", type=Path, help="model directory (default: the embedded one)")
-    parser.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime")
+    parser.add_argument(
+        "--backend",
+        choices=("onnxruntime", "torch"),
+        help="default: onnxruntime when the model has its ONNX graphs, else torch",
+    )
     parser.add_argument("--k", type=int, default=8, help="hypotheses K")
     parser.add_argument("--t", type=int, default=3, help="horizon steps T")
     parser.add_argument(
@@ -51,10 +55,14 @@ def run(args: argparse.Namespace) -> int:
     start = time.monotonic()
     model = args.model or default_model_dir()
     try:
-        step = read_manifest(model).config.frame_interval  # the node's forecast step
+        manifest = read_manifest(model)
     except ModelDirError as err:
         print(f"deltaworld demo: {err}", file=sys.stderr)
         return 2
+    step = manifest.config.frame_interval  # the node's forecast step
+    backend = args.backend or (
+        "onnxruntime" if any(f.startswith("onnx/") for f in manifest.files) else "torch"
+    )
     out = args.out
     bag, predictions, report = out / "synth_bag", out / "predictions_bag", out / "report"
     for path in (bag, predictions, report):  # the demo's own outputs of an earlier run
@@ -71,11 +79,11 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
     log_path = out / "node.log"
-    print(f"[demo] 2/5 starting forecast_node ({args.backend}), log {log_path}")
+    print(f"[demo] 2/5 starting forecast_node ({backend}), log {log_path}")
     params = {
         "use_sim_time": True,  # the node's clock is the bag's, played on /clock
         "model_dir": str(Path(model).resolve()),
-        "backend": args.backend,
+        "backend": backend,
         "num_hypotheses": args.k,
         "horizon": args.t,
     }
@@ -100,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         image_topic=IMAGE_TOPIC,
         model=model,
         predictions=predictions,
-        backend=args.backend,
+        backend=backend,
         progress=not args.no_progress,
     )
     try:
