@@ -34,9 +34,9 @@ class NodeStats:
         self._last_counts: dict[str, Counter] = {camera: Counter() for camera in cameras}
         self._last_time = time.monotonic()
 
-    def count(self, camera: str, key: str, n: int = 1) -> None:
+    def count(self, camera: str, key: str) -> None:
         with self._lock:
-            self._counts[camera][key] += n
+            self._counts[camera][key] += 1
 
     def record(self, stage: str, seconds: float) -> None:
         with self._lock:
