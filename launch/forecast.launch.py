@@ -4,12 +4,11 @@ ros2 launch deltaworld_ros forecast.launch.py image:=/camera/image_raw
 ros2 launch deltaworld_ros forecast.launch.py config:=/path/to/my.yaml model_dir:=/models/x
 """
 
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
-
-from launch import LaunchDescription
 
 PACKAGE = "deltaworld_ros"
 EXECUTABLE = "forecast_node"

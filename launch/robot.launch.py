@@ -5,12 +5,11 @@ Every argument of forecast.launch.py passes through (image, model_dir, namespace
     ros2 launch deltaworld_ros robot.launch.py image:=/camera/color/image_raw/compressed
 """
 
+from launch import LaunchDescription
 from launch.actions import IncludeLaunchDescription
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import PathJoinSubstitution
 from launch_ros.substitutions import FindPackageShare
-
-from launch import LaunchDescription
 
 PACKAGE = "deltaworld_ros"
 CONFIG = "robot.yaml"

@@ -7,12 +7,11 @@ config:=<copy>. forecast.launch.py's other arguments pass through:
     ros2 launch deltaworld_ros vehicle.launch.py model_dir:=/models/vitb16_cityscapes
 """
 
+from launch import LaunchDescription
 from launch.actions import IncludeLaunchDescription
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import PathJoinSubstitution
 from launch_ros.substitutions import FindPackageShare
-
-from launch import LaunchDescription
 
 PACKAGE = "deltaworld_ros"
 CONFIG = "vehicle.yaml"

@@ -22,7 +22,7 @@ from deltaworld_ros.ros.futures import (
     untile,
 )
 from deltaworld_ros.ros.harness import domain_id
-from deltaworld_ros.runtime.forecaster import Forecast, Forecaster, ForecasterConfig, FrameInput
+from deltaworld_ros.runtime.forecaster import Forecast
 
 K, T, H, W = 3, 2, 6, 10
 
@@ -63,7 +63,6 @@ def layout(num_classes: int = 7, encoding: str = "mono8") -> dict:
         palette=[(i, i, i) for i in range(num_classes)],
         encoding=encoding,
         crop="resize",
-        num_crops=1,
         source_size=(48, 64),
     )
 
@@ -127,17 +126,13 @@ def test_visualization_shows_the_frame_bars_and_hypotheses():
     np.testing.assert_array_equal(mosaic[:H, -W:], palette[f.classes[0, -1]])
 
 
-def test_crop_boxes_are_the_forecasters_crops():
-    """The layout's boxes locate each square crop in the source frame, as the Forecaster cuts."""
-    forecaster = Forecaster.__new__(Forecaster)  # _crops needs the config only, no network
-    forecaster.config = ForecasterConfig(crop="square")
-    for height, width in ((40, 130), (48, 96), (48, 64), (64, 48)):
-        columns = np.broadcast_to(
-            np.arange(width, dtype=np.uint8)[None, :, None], (height, width, 3)
-        )
-        crops = forecaster._crops(FrameInput("c", 0.0, np.ascontiguousarray(columns)))
-        boxes = crop_boxes((height, width), len(crops))
-        assert [[int(c[0, 0, 0]), 0, int(c[0, -1, 0]) + 1, c.shape[0]] for c in crops] == boxes
+def test_crop_boxes_spread_squares_from_edge_to_edge():
+    """The layout's boxes locate each square crop in the source frame."""
+    assert crop_boxes((40, 130), "square") == [[0, 0, 40, 40], [45, 0, 85, 40], [90, 0, 130, 40]]
+    assert crop_boxes((48, 96), "square") == [[0, 0, 48, 48], [48, 0, 96, 48]]
+    assert crop_boxes((48, 64), "square") == [[0, 0, 64, 48]]  # not wide enough for two
+    assert crop_boxes((64, 48), "square") == [[0, 0, 48, 64]]
+    assert crop_boxes((48, 96), "resize") == [[0, 0, 96, 48]]
 
 
 def test_the_planner_snippet_of_the_docs_decodes_what_the_node_publishes(request):

@@ -107,6 +107,6 @@ def default_model_dir() -> Path:
         share = Path(get_package_share_directory("deltaworld_ros")) / "models" / "default"
         if share.is_dir():
             return share
-    except (ImportError, LookupError, ValueError):
+    except (ImportError, LookupError, ValueError, OSError):  # OSError: no AMENT_PREFIX_PATH
         pass
     return Path(__file__).resolve().parents[2] / "models" / "default"

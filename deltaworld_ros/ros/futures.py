@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..io.images import ImageDecodeError, decode_labels
+from ..runtime.forecaster import crop_boxes
 
 LAYOUT_FORMAT = "deltaworld-futures/1"
 
@@ -53,7 +54,6 @@ def make_layout(
     palette: Sequence[Sequence[int]],
     encoding: str,
     crop: str,
-    num_crops: int,
     source_size: tuple[int, int],
 ) -> dict[str, Any]:
     """The `futures/layout` JSON body. tile_size is (h, w) of one tile, the crops of a wide
@@ -71,19 +71,9 @@ def make_layout(
         "class_names": list(class_names),
         "palette": [list(map(int, c)) for c in palette],
         "crop": crop,
-        "crops": crop_boxes(source_size, num_crops),
+        "crops": crop_boxes(source_size, crop),
         "source_size": [int(source_size[0]), int(source_size[1])],
     }
-
-
-def crop_boxes(source_size: tuple[int, int], count: int) -> list[list[int]]:
-    """[x0, y0, x1, y1] of each crop as the Forecaster cuts them: the whole frame, or `count`
-    squares of side H spread evenly from the left edge to the right edge."""
-    height, width = source_size
-    if count == 1:
-        return [[0, 0, width, height]]
-    starts = [round(i * (width - height) / (count - 1)) for i in range(count)]
-    return [[x, 0, x + height, height] for x in starts]
 
 
 def parse_layout(layout: Any) -> dict[str, Any]:

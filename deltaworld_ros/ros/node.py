@@ -297,7 +297,6 @@ class ForecastNode(Node):
         """The futures/layout body for this camera's current frame size."""
         model = self.engine.config
         k, t, h, w = forecast.classes.shape
-        tile_width = self.forecaster.output_size[1]
         return make_layout(
             camera=forecast.stream_id,
             num_hypotheses=k,
@@ -308,7 +307,6 @@ class ForecastNode(Node):
             palette=self.palette.tolist(),
             encoding=packing.class_encoding(forecast.classes.dtype),
             crop=self.settings.forecaster.crop,
-            num_crops=w // tile_width,
             source_size=source_size,
         )
 

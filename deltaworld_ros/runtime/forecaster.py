@@ -211,11 +211,7 @@ class Forecaster:
             )
         if not np.isfinite(frame.stamp):
             raise ValueError(f"camera {frame.stream_id!r}: stamp must be finite, got {frame.stamp}")
-        h, w = rgb.shape[:2]
-        n = max(1, round(w / h)) if self.config.crop == "square" and w > h else 1
-        if n == 1:
-            return [rgb]
-        return [rgb[:, round(i * (w - h) / (n - 1)) :][:, :h] for i in range(n)]
+        return [rgb[y0:y1, x0:x1] for x0, y0, x1, y1 in crop_boxes(rgb.shape[:2], self.config.crop)]
 
     def _admit(self, frame: FrameInput, num_crops: int) -> bool:
         """Gate by header time; restart the history when the stamp goes back or jumps, or the
@@ -393,6 +389,16 @@ class Forecaster:
         out = fn(*args)
         timings[stage] += time.perf_counter() - start
         return out
+
+
+def crop_boxes(size: tuple[int, int], mode: str) -> list[list[int]]:
+    """[x0, y0, x1, y1] of each stream cut from a frame of `size` (h, w): the whole frame, or
+    for "square" and a wide frame round(w / h) squares of side h spread from edge to edge."""
+    h, w = size
+    n = max(1, round(w / h)) if mode == "square" and w > h else 1
+    if n == 1:
+        return [[0, 0, w, h]]
+    return [[x, 0, x + h, h] for x in (round(i * (w - h) / (n - 1)) for i in range(n))]
 
 
 def stitch_crops(parts: list[Forecast]) -> Forecast:
