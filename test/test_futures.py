@@ -136,11 +136,11 @@ def test_crop_boxes_spread_squares_from_edge_to_edge():
 
 
 def test_the_planner_snippet_of_the_docs_decodes_what_the_node_publishes(request):
-    """docs/NODE.md's planner subscriber, fed the messages the node packs (in publish order)."""
-    docs = (Path(__file__).resolve().parents[1] / "docs" / "NODE.md").read_text()
+    """README.md's planner subscriber, fed the messages the node packs (in publish order)."""
+    docs = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     (snippet,) = [b for b in re.findall(r"```python\n(.*?)```", docs, re.S) if "class Planner" in b]
     namespace: dict = {}
-    exec(compile(snippet, "docs/NODE.md", "exec"), namespace)
+    exec(compile(snippet, "README.md", "exec"), namespace)
     f = forecast()
     rclpy.init(domain_id=domain_id(request.node.name))
     try:

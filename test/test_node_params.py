@@ -115,6 +115,6 @@ def test_unknown_parameters_are_reported(read, tmp_path):
 
 
 def test_every_parameter_is_documented():
-    docs = (ROOT / "docs" / "NODE.md").read_text()
+    docs = (ROOT / "README.md").read_text()
     for name in [*SPECS, *(f"cameras.<name>.{key}" for key in CAMERA_SPECS)]:
-        assert f"| `{name}` |" in docs, f"{name} is missing from the parameter table of NODE.md"
+        assert f"| `{name}` |" in docs, f"{name} is missing from the parameter table of README.md"
