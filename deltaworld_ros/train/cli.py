@@ -1,0 +1,477 @@
+"""`deltaworld train`: train a model's stages, each resumable, and write a model directory.
+
+    deltaworld train --out models/default                      # the default model, synth world
+    deltaworld train --bag run.mcap --image-topic /cam/image --label-topic /cam/labels --out M
+    deltaworld train --video drive.mp4 --init-model models/default --out M   # (c)-(e) only
+    python -m torch.distributed.run --nproc_per_node 2 -m deltaworld_ros.train.cli --out M
+
+Stages run in the order backbone, seg_head, tokenizer, world, baseline. A stage whose
+checkpoint in --work-dir is complete is loaded, not retrained, so re-running the same command
+after an interruption continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Idle OpenMP threads sleep instead of spinning: on a shared, busy CPU spinning threads make
+# every step several times slower. Must be set before torch loads its OpenMP runtime.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import datetime
+import json
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from ..model.config import HeadConfig, ModelConfig, preset
+from ..model.deltaworld import DeltaWorld
+from ..model.loading import load_module_file, save_weights
+from ..model.store import read_manifest, write_manifest
+from ..model.world_model import WorldModel
+from ..synth import WorldConfig
+from . import stages as st
+from .data import (
+    FrameStore,
+    SynthData,
+    bag_store,
+    cached_synth_store,
+    synth_head_classes,
+    video_store,
+)
+from .loop import (
+    Distributed,
+    StageSettings,
+    checkpoint_path,
+    init_distributed,
+    load_stage_weights,
+    read_checkpoint,
+    train_stage,
+)
+
+BASELINE_FILE = "weights/world_baseline.safetensors"
+
+# Tuned for the default model (`small` preset) on a 2-core CPU; see docs/TRAINING.md.
+DEFAULTS: dict[str, StageSettings] = {
+    "backbone": StageSettings(steps=1000, batch_size=32, lr=1e-3),
+    "seg_head": StageSettings(steps=600, batch_size=64, lr=2e-3, weight_decay=0.0),
+    "tokenizer": StageSettings(steps=2500, batch_size=16, lr=1e-3),
+    "world": StageSettings(steps=1500, batch_size=32, lr=5e-4),
+    "baseline": StageSettings(steps=1500, batch_size=32, lr=5e-4),
+}
+
+
+def _stage_values(text: str, kind: type) -> dict[str, Any]:
+    """'backbone=100,world=50' or '50' (every stage) -> {stage: value}."""
+    out: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if "=" in part:
+            name, value = part.split("=", 1)
+            if name not in st.STAGES:
+                raise argparse.ArgumentTypeError(
+                    f"unknown stage {name!r}; stages: {', '.join(st.STAGES)}"
+                )
+            out[name] = kind(value)
+        else:
+            out.update({name: kind(part) for name in st.STAGES})
+    return out
+
+
+def _size(text: str) -> tuple[int, int]:
+    h, _, w = text.lower().partition("x")
+    return int(h), int(w or h)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    out = parser.add_argument_group("output")
+    out.add_argument(
+        "--out",
+        type=Path,
+        default=Path("models/default"),
+        help="model directory to write (weights/, manifest.json)",
+    )
+    out.add_argument(
+        "--work-dir",
+        type=Path,
+        default=Path("results/train"),
+        help="checkpoints, metrics logs and the frame cache (default results/train)",
+    )
+    out.add_argument(
+        "--fresh",
+        action="store_true",
+        help="delete the work dir's checkpoints first instead of resuming",
+    )
+
+    data = parser.add_argument_group("data (default: the procedural street world)")
+    data.add_argument("--bag", type=Path, help="rosbag2 to train on")
+    data.add_argument("--image-topic", help="image topic of --bag")
+    data.add_argument("--label-topic", help="label topic (mono8 class ids) of --bag, for (a)/(b)")
+    data.add_argument(
+        "--class-names",
+        help="comma-separated class names of the bag's labels (default: the synth world's)",
+    )
+    data.add_argument("--video", type=Path, help="video file to train on (no labels)")
+    data.add_argument(
+        "--frame-interval",
+        type=float,
+        help="seconds between kept frames (synth default: stride / fps; "
+        "bag/video default: the median stamp difference)",
+    )
+    data.add_argument(
+        "--clips",
+        type=int,
+        default=SynthData.num_clips,
+        help=f"synth training clips (default {SynthData.num_clips})",
+    )
+    data.add_argument(
+        "--clip-length",
+        type=int,
+        default=SynthData.clip_length,
+        help=f"kept frames per clip (default {SynthData.clip_length})",
+    )
+    data.add_argument(
+        "--stride",
+        type=int,
+        default=SynthData.stride,
+        help=f"synth world ticks per kept frame (default {SynthData.stride})",
+    )
+    data.add_argument(
+        "--vehicle-fraction",
+        type=float,
+        default=SynthData.vehicle_fraction,
+        help="share of synth clips from a moving camera",
+    )
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--preset", default="small", help="size preset (default small)")
+    model.add_argument(
+        "--image-size", type=_size, help="HxW the networks run at (default: preset's)"
+    )
+    model.add_argument(
+        "--init-model",
+        type=Path,
+        help="start from this model directory (stages not trained keep its weights)",
+    )
+
+    train = parser.add_argument_group("stages")
+    train.add_argument(
+        "--stages",
+        default=",".join(st.STAGES),
+        help=f"comma-separated subset of {','.join(st.STAGES)} (default all)",
+    )
+    train.add_argument("--steps", default="", help="'N' or 'stage=N,...' (default: tuned table)")
+    train.add_argument("--batch-size", default="", help="'B' or 'stage=B,...'")
+    train.add_argument("--lr", default="", help="'X' or 'stage=X,...'")
+    train.add_argument(
+        "--candidates",
+        type=int,
+        default=64,
+        help="best-of-many noise candidates per target (paper: 256; default 64)",
+    )
+    train.add_argument(
+        "--horizon",
+        type=int,
+        default=3,
+        help="rollout steps the predictor is trained for (default 3)",
+    )
+    train.add_argument("--seed", type=int, default=0, help="initialisation, sampling, world seeds")
+    train.add_argument("--threads", type=int, default=2, help="torch threads per process")
+    train.add_argument(
+        "--stop-at", type=int, help="pause every stage after this step (resume by running again)"
+    )
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _settings(args: argparse.Namespace) -> dict[str, StageSettings]:
+    steps = _stage_values(args.steps, int)
+    batch = _stage_values(args.batch_size, int)
+    lr = _stage_values(args.lr, float)
+    out = {}
+    for name, base in DEFAULTS.items():
+        s = replace(
+            base,
+            steps=steps.get(name, base.steps),
+            batch_size=batch.get(name, base.batch_size),
+            lr=lr.get(name, base.lr),
+        )
+        out[name] = replace(
+            s,
+            warmup=min(s.warmup, max(1, s.steps // 10)),
+            log_every=min(s.log_every, s.steps),
+            checkpoint_every=min(s.checkpoint_every, s.steps),
+        )
+    return out
+
+
+def _load_data(args: argparse.Namespace, cfg: ModelConfig, dist: Distributed) -> FrameStore:
+    progress = not args.no_progress and dist.main
+    if args.bag:
+        if not args.image_topic:
+            raise SystemExit("--bag needs --image-topic")
+        return bag_store(
+            args.bag,
+            args.image_topic,
+            cfg.image_size,
+            args.clip_length,
+            args.frame_interval,
+            args.label_topic,
+        )
+    if args.video:
+        return video_store(args.video, cfg.image_size, args.clip_length, args.frame_interval)
+    h, w = cfg.image_size
+    spec = SynthData(
+        num_clips=args.clips,
+        clip_length=args.clip_length,
+        stride=args.stride,
+        vehicle_fraction=args.vehicle_fraction,
+        seed=args.seed,
+        world=WorldConfig(height=h, width=w),
+    )
+    if args.frame_interval and abs(args.frame_interval - spec.frame_interval) > 1e-9:
+        raise SystemExit(
+            f"--frame-interval {args.frame_interval} s disagrees with the synth world's "
+            f"{spec.stride} ticks / {spec.world.fps} fps = {spec.frame_interval} s; set --stride"
+        )
+    return cached_synth_store(spec, args.work_dir / "data", dist.rank, dist.world_size, progress)
+
+
+def _model_config(args: argparse.Namespace) -> tuple[ModelConfig, Path | None]:
+    if args.init_model:
+        cfg = read_manifest(args.init_model).config
+        if args.image_size and tuple(args.image_size) != cfg.image_size:
+            raise SystemExit(
+                f"--image-size {args.image_size} differs from {args.init_model}'s {cfg.image_size}"
+            )
+        return cfg, args.init_model
+    cfg = preset(args.preset)
+    if args.image_size:
+        cfg = replace(cfg, image_size=tuple(args.image_size))
+    if args.bag and args.class_names:
+        names = tuple(n.strip() for n in args.class_names.split(","))
+        from ..model.config import generic_classes
+
+        palette = generic_classes(len(names))[1]
+    else:
+        names, palette = synth_head_classes()
+    return replace(cfg, head=HeadConfig(names, palette)), None
+
+
+def _baseline(cfg: ModelConfig) -> DeltaWorld:
+    return DeltaWorld(
+        replace(cfg.predictor, use_bom=False), cfg.token_size, cfg.backbone.initializer_range
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    dist = init_distributed()
+    requested = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = sorted(set(requested) - set(st.STAGES))
+    if unknown:
+        raise SystemExit(f"unknown stages {unknown}; choose from {', '.join(st.STAGES)}")
+    settings = _settings(args)
+    if args.fresh and dist.main:
+        for name in st.STAGES:
+            checkpoint_path(args.work_dir, name).unlink(missing_ok=True)
+            (args.work_dir / name / "metrics.jsonl").unlink(missing_ok=True)
+    dist.barrier()
+
+    cfg, init_dir = _model_config(args)
+    torch.manual_seed(args.seed)
+    model = WorldModel(cfg)
+    baseline = _baseline(cfg)
+    for module in (model.backbone, model.tokenizer, model.world, baseline, model.seg_head):
+        st.init_weights(module)
+    if init_dir is not None:
+        from ..model.store import load_model
+
+        model = load_model(init_dir)
+        if (init_dir / BASELINE_FILE).is_file():
+            load_module_file(baseline, init_dir / BASELINE_FILE)
+    t0 = time.perf_counter()
+    store = _load_data(args, cfg, dist)
+    cfg = replace(cfg, frame_interval=store.frame_interval)
+    model.cfg = cfg
+    data_seconds = time.perf_counter() - t0
+    if dist.main:
+        print(
+            f"data: {len(store.rgb)} frames in {len(store.clips)} clips of {store.clip_length} "
+            f"at {store.frame_interval:.3f} s ({data_seconds:.0f} s) from {store.source['kind']}",
+            flush=True,
+        )
+
+    trained = {"backbone": init_dir is not None, "tokenizer": init_dir is not None}
+    results: dict[str, dict[str, Any]] = {}
+    features = tokens = black = None
+    seq_len = cfg.context_length + args.horizon
+    weights = None
+    for name in st.STAGES:
+        s = settings[name]
+        has_ckpt = checkpoint_path(args.work_dir, name).is_file()
+        if name not in requested:
+            if has_ckpt and read_checkpoint(checkpoint_path(args.work_dir, name))["step"] >= 1:
+                _load_finished(name, model, baseline, cfg, args.work_dir, store)
+                trained[name] = True
+            continue
+        if name in ("seg_head", "tokenizer") and not trained["backbone"]:
+            raise SystemExit(
+                f"stage {name} needs a trained backbone: run the backbone stage "
+                f"or pass --init-model DIR"
+            )
+        if name in ("world", "baseline") and not trained["tokenizer"]:
+            raise SystemExit(
+                f"stage {name} needs a trained tokenizer: run the tokenizer stage "
+                f"or pass --init-model DIR"
+            )
+        if name in st.LABEL_STAGES and weights is None:
+            if store.labels is None:
+                raise SystemExit(
+                    f"stage {name} needs labels; give --label-topic, or leave it out "
+                    f"with --stages and --init-model"
+                )
+            weights = st.class_weights(store.labels, cfg.head.num_classes)
+        if name != "backbone" and features is None:
+            features = st.compute_features(model.backbone, store.rgb)
+            black = st.black_features(model)
+        if name in ("world", "baseline") and tokens is None:
+            tokens = st.compute_tokens(model.tokenizer, features, black, store.prev)
+        module, sample = _stage(
+            name, model, baseline, cfg, store, s, features, tokens, black, weights, args, seq_len
+        )
+        result = train_stage(
+            name,
+            module,
+            sample,
+            s,
+            args.work_dir,
+            dist,
+            args.seed,
+            args.stop_at,
+            not args.no_progress,
+        )
+        trained[name] = True
+        results[name] = {
+            **asdict(result),
+            "batch_size": s.batch_size,
+            "lr": s.lr,
+            "processes": dist.world_size,
+        }
+        if dist.main:
+            print(
+                f"{name}: {result.steps} steps, loss {result.first_loss:.4f} -> "
+                f"{result.final_loss:.4f}, {result.seconds:.0f} s",
+                flush=True,
+            )
+        if name == "backbone":
+            features = None  # the backbone changed
+        if name == "tokenizer":
+            tokens = None
+    if dist.main:
+        _write_model_dir(args, cfg, model, baseline, store, results, data_seconds)
+    dist.barrier()
+    return 0
+
+
+def _stage(name, model, baseline, cfg, store, s, features, tokens, black, weights, args, seq_len):
+    """The stage module and its batch sampler."""
+    if name == "backbone":
+        return (
+            st.BackboneStage(model.backbone, cfg.head.num_classes, weights),
+            st.labelled_frames_sampler(store, s.batch_size),
+        )
+    if name == "seg_head":
+        return (
+            st.SegHeadStage(model.seg_head, cfg.grid, weights),
+            st.feature_label_sampler(store, features, s.batch_size),
+        )
+    if name == "tokenizer":
+        return st.TokenizerStage(model.tokenizer), st.pair_sampler(
+            store, features, black, s.batch_size
+        )
+    world = model.world if name == "world" else baseline
+    return (
+        st.WorldStage(world, args.candidates),
+        st.sequence_sampler(store, tokens, seq_len, s.batch_size),
+    )
+
+
+def _load_finished(name, model, baseline, cfg, work_dir, store) -> None:
+    """Weights of a stage trained by an earlier run in the same work dir."""
+    weights = torch.ones(cfg.head.num_classes)
+    module = {
+        "backbone": lambda: st.BackboneStage(model.backbone, cfg.head.num_classes, weights),
+        "seg_head": lambda: st.SegHeadStage(model.seg_head, cfg.grid, weights),
+        "tokenizer": lambda: st.TokenizerStage(model.tokenizer),
+        "world": lambda: st.WorldStage(model.world, 1),
+        "baseline": lambda: st.WorldStage(baseline, 1),
+    }[name]()
+    load_stage_weights(module, work_dir, name)
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=5,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _write_model_dir(args, cfg, model, baseline, store, results, data_seconds) -> None:
+    out: Path = args.out
+    stale = out / "onnx"
+    if stale.is_dir():
+        shutil.rmtree(stale)
+        print(f"removed {stale}: its graphs no longer match the weights (run deltaworld export)")
+    save_weights(model, out)
+    save_file(
+        {k: v.contiguous() for k, v in baseline.state_dict().items()}, str(out / BASELINE_FILE)
+    )
+    provenance = {
+        "command": "deltaworld train "
+        + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["train"] else sys.argv[1:]),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "git_commit": _git_commit(),
+        "seed": args.seed,
+        "data": {
+            **store.source,
+            "frames": len(store.rgb),
+            "clips": len(store.clips),
+            "data_seconds": round(data_seconds, 1),
+        },
+        "stages": results,
+        "best_of_many_candidates": args.candidates,
+        "horizon": args.horizon,
+        "baseline": BASELINE_FILE,
+        "torch": torch.__version__,
+        "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
+    }
+    previous = out / "manifest.json"
+    if previous.is_file():  # keep the record of stages not retrained in this run
+        old = json.loads(previous.read_text()).get("provenance", {}).get("stages", {})
+        provenance["stages"] = {**old, **results}
+    write_manifest(out, cfg, provenance)
+    print(f"wrote {out}", flush=True)
+
+
+if (
+    __name__ == "__main__"
+):  # torchrun entry: python -m torch.distributed.run ... -m deltaworld_ros.train.cli
+    parser = argparse.ArgumentParser(prog="deltaworld train", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    sys.exit(run(parser.parse_args()))

@@ -1,0 +1,253 @@
+"""The five training stages of a model: what each one trains, on what batches, with which loss.
+
+(a) backbone   a small DINOv3 ViT learns the world's labels through a temporary linear head
+               that predicts the classes of 2x2-pixel cells of each patch (so features keep
+               sub-patch layout); then it is frozen and plays the vision foundation model.
+(b) seg_head   the published SegHead (BatchNorm + 1x1 conv) on the frozen features.
+(c) tokenizer  DeltaTok on feature pairs (y_prev, y_cur) with random time strides (and some
+               black -> frame anchor pairs), log-cosh loss, RoPE rescale augmentation.
+(d) world      DeltaWorld best-of-many on offline-tokenised clips (anchor + deltas) at their
+               header times: S candidate noise queries per target, only the best is trained.
+(e) baseline   the same predictor with one learned query and no sampling (deterministic).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..model.deltatok import DeltaTok
+from ..model.deltaworld import DeltaWorld
+from ..model.dinov3 import DINOv3
+from ..model.heads import SegHead, to_grid
+from ..model.world_model import WorldModel
+from .data import FrameStore
+
+STAGES = ("backbone", "seg_head", "tokenizer", "world", "baseline")
+LABEL_STAGES = ("backbone", "seg_head")
+
+
+def init_weights(module: nn.Module, std: float = 0.02) -> None:
+    """ViT-style initialisation for training from scratch (truncated normal, zero bias)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear | nn.Conv2d):
+            nn.init.trunc_normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.trunc_normal_(m.weight, std=std)
+    if isinstance(module, DINOv3):
+        for p in (module.embeddings.cls_token, module.embeddings.register_tokens):
+            nn.init.trunc_normal_(p, std=std)
+
+
+def class_weights(labels: np.ndarray, num_classes: int, power: float = 0.5) -> torch.Tensor:
+    """Inverse-frequency ** power weights (rare agents count more), mean 1 over seen classes."""
+    counts = np.bincount(labels.reshape(-1), minlength=num_classes)[:num_classes].astype(np.float64)
+    seen = counts > 0
+    w = np.zeros(num_classes)
+    w[seen] = (counts[seen] / counts.sum()) ** -power
+    w[seen] = np.minimum(w[seen] / w[seen].mean(), 10.0)
+    return torch.tensor(w, dtype=torch.float32)
+
+
+# ---------------------------------------------------------------------------- stage modules
+
+
+class BackboneStage(nn.Module):
+    """Backbone + temporary linear head over sub-patch cells; cross-entropy on the labels."""
+
+    def __init__(self, backbone: DINOv3, num_classes: int, weights: torch.Tensor, cells: int = 4):
+        super().__init__()
+        self.backbone = backbone
+        self.cells = cells  # cells per patch side
+        self.probe = nn.Linear(backbone.cfg.hidden_size, num_classes * cells * cells)
+        init_weights(self.probe)
+        backbone.embeddings.mask_token.requires_grad_(False)  # unused: DDP wants every grad
+        self.register_buffer("weights", weights, persistent=False)
+
+    def forward(self, pixels: torch.Tensor, labels: torch.Tensor):
+        y = self.backbone(pixels)  # (B, N, C)
+        p = self.backbone.cfg.patch_size
+        grid = (pixels.shape[-2] // p, pixels.shape[-1] // p)
+        logits = F.pixel_shuffle(to_grid(self.probe(y), grid), self.cells)
+        logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        loss = F.cross_entropy(logits, labels, weight=self.weights)
+        return loss, {"pixel_acc": (logits.argmax(1) == labels).float().mean()}
+
+
+class SegHeadStage(nn.Module):
+    """The published SegHead on frozen features; logits upsampled to the label size."""
+
+    def __init__(self, head: SegHead, grid: tuple[int, int], weights: torch.Tensor) -> None:
+        super().__init__()
+        self.head = head
+        self.grid = grid
+        self.register_buffer("weights", weights, persistent=False)
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor):
+        logits = self.head(features, self.grid, labels.shape[-2:])
+        loss = F.cross_entropy(logits, labels, weight=self.weights)
+        return loss, {"pixel_acc": (logits.argmax(1) == labels).float().mean()}
+
+
+class TokenizerStage(nn.Module):
+    def __init__(self, tokenizer: DeltaTok) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+
+    def forward(self, y_prev: torch.Tensor, y_cur: torch.Tensor):
+        y_hat, loss = self.tokenizer.forward_train(y_prev, y_cur)
+        # how much of the change the token explains (1 - err / err of copying y_prev)
+        with torch.no_grad():
+            err = (y_hat - y_cur).square().mean()
+            copy = (y_prev - y_cur).square().mean().clamp_min(1e-12)
+        return loss, {"explained": 1 - err / copy}
+
+
+class WorldStage(nn.Module):
+    """Best-of-many (or, for the baseline, the one learned query) on delta-token clips."""
+
+    def __init__(self, world: DeltaWorld, num_candidates: int) -> None:
+        super().__init__()
+        self.world = world
+        self.num_candidates = num_candidates
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor):
+        out = self.world.best_of_many(z, t, num_candidates=self.num_candidates)
+        if self.world.q_embed is not None:  # the baseline: no candidates
+            return out.loss, {}
+        # how much better the kept candidate is than an average one
+        gain = out.candidate_losses.mean(-1) - out.candidate_losses.min(-1).values
+        return out.loss, {"best_of_many_gain": gain.mean()}
+
+
+# ---------------------------------------------------------------------------- frozen caches
+
+
+@torch.no_grad()
+def compute_features(backbone: DINOv3, rgb: np.ndarray, batch: int = 128) -> torch.Tensor:
+    """Frozen backbone features of uint8 frames (F, H, W, 3) -> (F, N, C) float32."""
+    backbone.eval()
+    out = []
+    for i in range(0, len(rgb), batch):
+        pixels = torch.from_numpy(rgb[i : i + batch]).permute(0, 3, 1, 2).float()
+        out.append(backbone(pixels))
+    return torch.cat(out)
+
+
+@dataclass
+class TokenCache:
+    """Per frame: the anchor token encode(black, y_f) and the delta encode(y_prev(f), y_f)."""
+
+    anchor: torch.Tensor  # (F, C)
+    delta: torch.Tensor  # (F, C); zeros at stream starts (never used there)
+
+
+@torch.no_grad()
+def compute_tokens(
+    tokenizer: DeltaTok,
+    features: torch.Tensor,
+    black: torch.Tensor,
+    prev: np.ndarray,
+    batch: int = 128,
+) -> TokenCache:
+    tokenizer.eval()
+    f, n, c = features.shape
+    anchor, delta = torch.zeros(f, c), torch.zeros(f, c)
+    for i in range(0, f, batch):
+        y = features[i : i + batch]
+        anchor[i : i + batch] = tokenizer.encode(black.expand(len(y), n, c), y)[:, 0]
+    has_prev = np.flatnonzero(prev >= 0)
+    for i in range(0, len(has_prev), batch):
+        idx = torch.from_numpy(has_prev[i : i + batch])
+        x = features[torch.from_numpy(prev[idx.numpy()])]
+        delta[idx] = tokenizer.encode(x, features[idx])[:, 0]
+    return TokenCache(anchor, delta)
+
+
+# ---------------------------------------------------------------------------- samplers
+
+
+def _randint(generator: torch.Generator, high: int, size: int) -> np.ndarray:
+    return torch.randint(high, (size,), generator=generator).numpy()
+
+
+def labelled_frames_sampler(store: FrameStore, batch_size: int):
+    """Random frames: uint8-valued pixels (B, 3, H, W) float and labels (B, H, W) long."""
+    if store.labels is None:
+        raise ValueError(
+            "this stage needs labels: give --label-topic (bags) or use the synth world"
+        )
+
+    def sample(generator: torch.Generator):
+        idx = _randint(generator, len(store.rgb), batch_size)
+        pixels = torch.from_numpy(store.rgb[idx]).permute(0, 3, 1, 2).float()
+        return pixels, torch.from_numpy(store.labels[idx]).long()
+
+    return sample
+
+
+def feature_label_sampler(store: FrameStore, features: torch.Tensor, batch_size: int):
+    def sample(generator: torch.Generator):
+        idx = _randint(generator, len(features), batch_size)
+        return features[idx], torch.from_numpy(store.labels[idx]).long()
+
+    return sample
+
+
+def pair_sampler(
+    store: FrameStore,
+    features: torch.Tensor,
+    black: torch.Tensor,
+    batch_size: int,
+    max_stride: int = 3,
+    anchor_fraction: float = 0.05,
+):
+    """(y_prev, y_cur) of one clip, `stride` kept frames apart: 1 (the model's frame interval)
+    for half the pairs, else uniform in 1..max_stride (dropped frames, other rates); a small
+    share starts from the black frame instead (the anchor of every context)."""
+    m, t = store.clips.shape
+    max_stride = max(1, min(max_stride, t - 1))
+
+    def sample(generator: torch.Generator):
+        clip = _randint(generator, m, batch_size)
+        stride = 1 + _randint(generator, max_stride, batch_size)
+        stride[torch.rand(batch_size, generator=generator).numpy() < 0.5] = 1
+        start = (torch.rand(batch_size, generator=generator).numpy() * (t - stride)).astype(int)
+        cur = store.clips[clip, start + stride]
+        prev = features[torch.from_numpy(store.clips[clip, start])]
+        anchor = torch.rand(batch_size, generator=generator) < anchor_fraction
+        prev[anchor] = black[0]
+        return prev, features[torch.from_numpy(cur)]
+
+    return sample
+
+
+def sequence_sampler(store: FrameStore, tokens: TokenCache, length: int, batch_size: int):
+    """Token sequences [anchor, deltas...] (B, length, C) of one clip and their times (B, length) s,
+    relative to the first frame."""
+    m, t = store.clips.shape
+    if length > t:
+        raise ValueError(f"sequence length {length} exceeds the clip length {t}")
+
+    def sample(generator: torch.Generator):
+        clip = _randint(generator, m, batch_size)
+        start = _randint(generator, t - length + 1, batch_size)
+        frames = store.clips[clip[:, None], start[:, None] + np.arange(length)]  # (B, L)
+        frames_t = torch.from_numpy(frames)
+        z = torch.cat((tokens.anchor[frames_t[:, :1]], tokens.delta[frames_t[:, 1:]]), dim=1)
+        times = store.stamps[frames]
+        times = torch.from_numpy(times - times[:, :1]).float()
+        return z, times
+
+    return sample
+
+
+def black_features(model: WorldModel) -> torch.Tensor:
+    with torch.no_grad():
+        return model.black_features()
