@@ -61,7 +61,7 @@ from .loop import (
 
 BASELINE_FILE = "weights/world_baseline.safetensors"
 
-# Tuned for the default model (`small` preset) on a 2-core CPU; see docs/TRAINING.md.
+# Tuned for the default model (`small` preset) on a 2-core CPU; see the README, "Training".
 DEFAULTS: dict[str, StageSettings] = {
     "backbone": StageSettings(steps=1000, batch_size=32, lr=1e-3),
     "seg_head": StageSettings(steps=600, batch_size=64, lr=2e-3, weight_decay=0.0),
