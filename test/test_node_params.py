@@ -3,6 +3,7 @@ an rclpy context of this test's own), without starting the model or talking over
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from deltaworld_ros.ros.params import (
     CAMERA_SPECS,
     SPECS,
     ParameterError,
+    check_params_files,
     declare_and_read,
     undeclared_overrides,
 )
@@ -29,13 +31,14 @@ def read(request, tmp_path):
     rclpy.init(context=context, domain_id=domain_id(request.node.name))
     nodes = []
 
-    def read_params(params: dict, *files: Path):
+    def read_params(params: dict, *files: Path, extra: tuple[str, ...] = ()):
         args = ["--ros-args"]
         for file in (*files, write_params(tmp_path / f"p{len(nodes)}.yaml", params)):
             args += ["--params-file", str(file)]
+        args += extra
         node = Node("forecast_node", context=context, cli_args=args)
         nodes.append(node)
-        return declare_and_read(node, "test.yaml"), node
+        return declare_and_read(node, args), node
 
     yield read_params
     for node in nodes:
@@ -86,13 +89,13 @@ def test_the_shipped_configs_are_valid_given_a_model(read, tmp_path, config):
     ("params", "message"),
     [
         ({"num_hypotheses": 0},
-         "num_hypotheses=0 is invalid (parameters from test.yaml): expected an integer in [1, 64]"),
+         "num_hypotheses=0 is invalid (parameters from {files}): expected an integer in [1, 64]"),
         ({"num_hypotheses": "eight"}, "num_hypotheses='eight' is invalid"),
         ({"frame_interval": -0.1},
-         "frame_interval=-0.1 is invalid (parameters from test.yaml): expected a number in "
+         "frame_interval=-0.1 is invalid (parameters from {files}): expected a number in "
          "[0, 60]"),
         ({"crop": "circle"},
-         "crop='circle' is invalid (parameters from test.yaml): expected one of "
+         "crop='circle' is invalid (parameters from {files}): expected one of "
          "'resize', 'square'"),
         ({"output_size": [0, 5]}, "output_size=[0, 5] is invalid"),
         ({"cameras": ["a", "a"]}, "camera names must be unique"),
@@ -101,12 +104,66 @@ def test_the_shipped_configs_are_valid_given_a_model(read, tmp_path, config):
         ({"strict_providers": True}, "list the providers it must hold to"),
         ({"precision": "bf16"}, "bf16 runs on the torch backend only"),
         ({"model_dir": "/nonexistent/model"}, "no such directory /nonexistent/model"),
+        ({"context_length": 1}, "context_length=1 is invalid (parameters from {files}): a "
+                                "forecast needs at least 2 frames"),
+        ({"frame_interval": float("nan")}, "frame_interval=nan is invalid"),
+        ({"diagnostics_period": float("inf")}, "diagnostics_period=inf is invalid"),
+        ({"cameras": []}, "cameras=[] is invalid (parameters from {files}): an empty list has "
+                          "no type"),
+        ({"providers": ["gpu"]}, "unknown execution provider 'gpu'"),
+        ({"max_input_pixels": 0}, "max_input_pixels=0 is invalid"),
     ],
 )  # fmt: skip
 def test_a_bad_value_names_the_parameter_the_value_and_the_fix(read, tmp_path, params, message):
     with pytest.raises(ParameterError) as caught:
         read({"model_dir": str(tmp_path), **params})
-    assert message in str(caught.value)
+    assert message.format(files=tmp_path / "p0.yaml") in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("num_hypotheses:=abc", "num_hypotheses='abc' (from -p) is invalid: expected an integer"),
+        ("visualization:=3", "visualization=3 (from -p) is invalid: expected true or false"),
+        ("forecast_node:crop:=7", "crop=7"),
+    ],
+)
+def test_a_command_line_value_of_another_type_than_the_files_is_refused(
+    read, tmp_path, override, message
+):
+    """rcl keeps the params file's value and drops such a -p in silence."""
+    with pytest.raises(ParameterError, match=re.escape(message)):
+        params = {"model_dir": str(tmp_path), "num_hypotheses": 4, "visualization": True}
+        read({**params, "crop": "resize"}, extra=("-p", override))
+
+
+def test_command_line_values_of_the_right_type_win_and_integers_pass_for_numbers(read, tmp_path):
+    overrides = ("-p", "num_hypotheses:=5", "-p", "frame_interval:=1e-1", "-p", "horizon:=2")
+    settings, _ = read(
+        {"model_dir": str(tmp_path), "num_hypotheses": 4, "diagnostics_period": 2},
+        extra=overrides,
+    )
+    assert (settings.forecaster.num_hypotheses, settings.forecaster.horizon) == (5, 2)
+    assert settings.forecaster.frame_interval == pytest.approx(0.1)
+    assert settings.diagnostics_period == 2.0
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (None, "cannot read the params file {file}: No such file or directory"),
+        ("foo: [bar\n", "params file {file} is not valid YAML at line 2"),
+        ("- a\n- b\n", "params file {file} must map node names to their parameters"),
+        ("forecast_node: 3\n", "params file {file} must map node names to their parameters"),
+    ],
+)
+def test_a_params_file_rcl_cannot_read_is_one_line(tmp_path, text, message):
+    file = tmp_path / "params.yaml"
+    if text is not None:
+        file.write_text(text)
+    with pytest.raises(ParameterError) as caught:
+        check_params_files(["forecast_node", "--ros-args", "--params-file", str(file)])
+    assert message.format(file=file) in str(caught.value)
 
 
 def test_unknown_parameters_are_reported(read, tmp_path):

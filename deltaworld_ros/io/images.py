@@ -12,6 +12,7 @@ buffer: read-only when the buffer is immutable `bytes`; copy before writing into
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -24,10 +25,18 @@ from PIL import ImageFile
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 Buffer = bytes | bytearray | memoryview | np.ndarray
+# Frames above this many pixels are refused before any decompression: a 160 KiB PNG can
+# declare 30000 x 30000 pixels (a 900 MB decode). 4096 x 4096 covers every camera up to 4K.
+DEFAULT_MAX_PIXELS = 4096 * 4096
 
 
 class ImageDecodeError(ValueError):
-    """A message's fields or payload do not describe a decodable image."""
+    """A message's fields or payload do not describe a decodable image; `cause` is a short
+    name of the problem for counters ("too large", "corrupt payload", "step/data length", ...)."""
+
+    def __init__(self, message: str, cause: str = "corrupt payload") -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 @dataclass(frozen=True)
@@ -77,42 +86,64 @@ def _flat_bytes(data: Any) -> np.ndarray:
         return np.asarray(data, dtype=np.uint8)
 
 
+def _check_pixels(what: str, width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise ImageDecodeError(
+            f"{what} declares {width}x{height} = {width * height} pixels, more than the limit "
+            f"of {max_pixels} (raise max_input_pixels if the camera really is this large)",
+            "too large",
+        )
+
+
 def _rows(
-    encoding: str, height: int, width: int, step: int, data: Any, bytes_per_pixel: int
+    encoding: str,
+    height: int,
+    width: int,
+    step: int,
+    data: Any,
+    bytes_per_pixel: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> np.ndarray:
     """Validate the geometry and return the (height, width * bytes_per_pixel) pixel bytes."""
     if height <= 0 or width <= 0:
         raise ImageDecodeError(
             f"{encoding} image has height={height}, width={width}; both must be > 0 "
-            "(an empty message: check the publisher)"
+            "(an empty message: check the publisher)",
+            "zero size",
         )
+    _check_pixels(f"{encoding} image", width, height, max_pixels)
     row_bytes = width * bytes_per_pixel
     if step < row_bytes:
         raise ImageDecodeError(
             f"{encoding} image step={step} is smaller than width*bytes_per_pixel="
             f"{width}*{bytes_per_pixel}={row_bytes}; step must be the row length in bytes "
-            "including padding"
+            "including padding",
+            "step/data length",
         )
     flat = _flat_bytes(data)
     expected = step * height
     if flat.size < expected:
         raise ImageDecodeError(
             f"{encoding} image {width}x{height} with step {step} needs step*height={expected} "
-            f"bytes of data, got {flat.size} (truncated message or wrong step/height)"
+            f"bytes of data, got {flat.size} (truncated message or wrong step/height)",
+            "step/data length",
         )
     return flat[:expected].reshape(height, step)[:, :row_bytes]
 
 
 def _check_bigendian(is_bigendian: int) -> str:
     if is_bigendian not in (0, 1):
-        raise ImageDecodeError(f"is_bigendian must be 0 or 1, got {is_bigendian!r}")
+        raise ImageDecodeError(
+            f"is_bigendian must be 0 or 1, got {is_bigendian!r}", "is_bigendian"
+        )
     return ">" if is_bigendian else "<"
 
 
 def _yuv422_to_rgb(encoding: str, rows: np.ndarray, width: int) -> np.ndarray:
     if width % 2:
         raise ImageDecodeError(
-            f"{encoding} packs two pixels per 4 bytes, so width must be even, got {width}"
+            f"{encoding} packs two pixels per 4 bytes, so width must be even, got {width}",
+            "odd width",
         )
     y_off, u_off = _YUV422_LAYOUTS[encoding]
     pairs = rows.reshape(rows.shape[0], width // 2, 4).astype(np.float32)
@@ -132,6 +163,7 @@ def decode_raw(
     step: int,
     data: Buffer,
     is_bigendian: int = 0,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> np.ndarray:
     """Decode the fields of a sensor_msgs/Image into RGB uint8 (H, W, 3).
 
@@ -139,15 +171,18 @@ def decode_raw(
     the full 8-bit range.
     """
     if encoding in _YUV422_LAYOUTS:
-        return _yuv422_to_rgb(encoding, _rows(encoding, height, width, step, data, 2), width)
+        rows = _rows(encoding, height, width, step, data, 2, max_pixels)
+        return _yuv422_to_rgb(encoding, rows, width)
     layout = _RAW_LAYOUTS.get(encoding)
     if layout is None:
         raise ImageDecodeError(
             f"unsupported image encoding {encoding!r}; supported: {', '.join(RAW_ENCODINGS)} "
-            "(republish as rgb8 or bgr8, e.g. with image_proc)"
+            "(republish as rgb8 or bgr8, e.g. with image_proc)",
+            "unknown encoding",
         )
     order = _check_bigendian(is_bigendian)
-    rows = _rows(encoding, height, width, step, data, layout.channels * layout.bytes_per_channel)
+    pixel_bytes = layout.channels * layout.bytes_per_channel
+    rows = _rows(encoding, height, width, step, data, pixel_bytes, max_pixels)
     if layout.bytes_per_channel == 2:
         pixels = (rows.view(f"{order}u2") >> 8).astype(np.uint8)
     else:
@@ -165,7 +200,8 @@ def _compressed_codec(fmt: str) -> str:
     if "compresseddepth" in lowered:
         raise ImageDecodeError(
             f"format {fmt!r} is a compressedDepth depth image, not a colour image; "
-            "subscribe to the colour topic or republish it raw"
+            "subscribe to the colour topic or republish it raw",
+            "format",
         )
     if "png" in lowered:
         return "png"
@@ -173,19 +209,30 @@ def _compressed_codec(fmt: str) -> str:
         return "jpeg"
     raise ImageDecodeError(
         f"unsupported compressed image format {fmt!r}; expected jpeg or png "
-        "(e.g. 'jpeg', 'png', 'rgb8; jpeg compressed bgr8')"
+        "(e.g. 'jpeg', 'png', 'rgb8; jpeg compressed bgr8')",
+        "format",
     )
 
 
-def _open_compressed(fmt: str, data: Buffer) -> PILImage.Image:
+def _open_compressed(fmt: str, data: Buffer, max_pixels: int) -> PILImage.Image:
+    """The decoded image; its size is checked against max_pixels from the file header,
+    before the payload is decompressed. Any decoder failure is an ImageDecodeError."""
     codec = _compressed_codec(fmt)
     payload = _flat_bytes(data).tobytes()
+    what = f"{len(payload)}-byte {codec} payload (format {fmt!r})"
     try:
-        image = PILImage.open(io.BytesIO(payload), formats=[codec.upper()])
-        image.load()  # Pillow decodes lazily; force it so truncation raises here
-    except (OSError, SyntaxError, ValueError) as err:  # UnidentifiedImageError is an OSError
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+            image = PILImage.open(io.BytesIO(payload), formats=[codec.upper()])
+            _check_pixels(what, *image.size, max_pixels)
+            image.load()  # Pillow decodes lazily; force it so truncation raises here
+    except ImageDecodeError:
+        raise
+    except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as err:
+        raise ImageDecodeError(f"{what}: {err}", "too large") from err
+    except Exception as err:  # a decoder meets hostile bytes in many ways; none may escape
         raise ImageDecodeError(
-            f"cannot decode {len(payload)}-byte {codec} payload (format {fmt!r}): {err}"
+            f"cannot decode {what}: {type(err).__name__}: {err}", "corrupt payload"
         ) from err
     return image
 
@@ -197,13 +244,15 @@ def _wide_to_8bit(image: PILImage.Image) -> np.ndarray | None:
     return None
 
 
-def decode_compressed(format: str, data: Buffer) -> np.ndarray:
+def decode_compressed(
+    format: str, data: Buffer, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
     """Decode a sensor_msgs/CompressedImage payload (jpeg or png) into RGB uint8 (H, W, 3).
 
     The 'compressed bgr8' suffix ROS writes needs no channel swap: the file itself is a
     standard JPEG/PNG whatever order the publisher's OpenCV buffer had.
     """
-    image = _open_compressed(format, data)
+    image = _open_compressed(format, data, max_pixels)
     grey = _wide_to_8bit(image)
     if grey is not None:
         return np.repeat(grey[..., None], 3, axis=2)
@@ -274,12 +323,13 @@ def is_compressed(msg: Any) -> bool:
     )
 
 
-def decode_image_message(msg: Any) -> np.ndarray:
-    """RGB uint8 (H, W, 3) from an rclpy or rosbags sensor_msgs Image / CompressedImage."""
+def decode_image_message(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """RGB uint8 (H, W, 3) from an rclpy or rosbags sensor_msgs Image / CompressedImage;
+    every way of failing is an ImageDecodeError."""
     if is_compressed(msg):
-        return decode_compressed(msg.format, msg.data)
+        return decode_compressed(msg.format, msg.data, max_pixels)
     return decode_raw(
-        msg.encoding, msg.height, msg.width, msg.step, msg.data, int(msg.is_bigendian)
+        msg.encoding, msg.height, msg.width, msg.step, msg.data, int(msg.is_bigendian), max_pixels
     )
 
 
@@ -289,19 +339,22 @@ def decode_labels(msg: Any) -> np.ndarray:
         if _compressed_codec(msg.format) != "png":
             raise ImageDecodeError(
                 f"label format {msg.format!r} is lossy and would corrupt class ids; "
-                "publish labels raw (mono8/mono16) or as png"
+                "publish labels raw (mono8/mono16) or as png",
+                "format",
             )
-        image = _open_compressed(msg.format, msg.data)
+        image = _open_compressed(msg.format, msg.data, DEFAULT_MAX_PIXELS)
         if image.mode not in ("L", "I;16", "I;16B", "I;16L", "P"):
             raise ImageDecodeError(
-                f"label png has mode {image.mode}, expected single-channel 8 or 16 bit"
+                f"label png has mode {image.mode}, expected single-channel 8 or 16 bit",
+                "format",
             )
         ids = np.asarray(image)
         return ids.astype(np.uint16 if ids.dtype.itemsize > 1 else np.uint8)
     if msg.encoding not in LABEL_ENCODINGS:
         raise ImageDecodeError(
             f"label image encoding {msg.encoding!r} is not a class-id encoding; expected one "
-            f"of {', '.join(LABEL_ENCODINGS)}"
+            f"of {', '.join(LABEL_ENCODINGS)}",
+            "unknown encoding",
         )
     wide = msg.encoding in ("mono16", "16UC1")
     order = _check_bigendian(int(msg.is_bigendian))

@@ -20,6 +20,8 @@ STALE = "dropped: stale"  # replaced in its slot by a newer frame before inferen
 WRONG_SIZE = "dropped: wrong size"
 DECODE_ERROR = "dropped: decode error"  # + " (<kind>)"
 FAILED = "dropped: inference error"
+DROPPED = "dropped: "  # prefix of every drop; all but STALE mean bad input or a failure
+NORMALISED = "stamp: nanosec normalised"  # kept, the outputs carry the normalised stamp
 LATENCY = "stamp to publish"  # ROS time at publication - header stamp
 
 
@@ -32,11 +34,17 @@ class NodeStats:
         self._forecaster: dict[str, Counter] = {}
         self._times: dict[str, list[float]] = defaultdict(list)
         self._last_counts: dict[str, Counter] = {camera: Counter() for camera in cameras}
+        self._problems: dict[str, str | None] = {camera: None for camera in cameras}
         self._last_time = time.monotonic()
 
     def count(self, camera: str, key: str) -> None:
         with self._lock:
             self._counts[camera][key] += 1
+
+    def set_problem(self, camera: str, text: str | None) -> None:
+        """Why this camera's settings make forecasting unlikely now (None: they do not)."""
+        with self._lock:
+            self._problems[camera] = text
 
     def record(self, stage: str, seconds: float) -> None:
         with self._lock:
@@ -58,8 +66,11 @@ class NodeStats:
             last, self._last_counts = self._last_counts, counts
             times, self._times = self._times, defaultdict(list)
             self._last_time = now
+            problems = dict(self._problems)
         statuses = [
-            _camera_status(name, topic, counts[name], counts[name] - last[name], period)
+            _camera_status(
+                name, topic, counts[name], counts[name] - last[name], period, problems[name]
+            )
             for name, topic in cameras.items()
         ]
         values = dict(engine)
@@ -81,18 +92,17 @@ class NodeStats:
 
 
 def _camera_status(
-    name: str, topic: str, totals: Counter, recent: Counter, period: float
+    name: str, topic: str, totals: Counter, recent: Counter, period: float, setting: str | None
 ) -> DiagnosticStatus:
     problems = {
-        key: n
-        for key, n in recent.items()
-        if n > 0 and key.startswith((DECODE_ERROR, WRONG_SIZE, FAILED))
+        key: n for key, n in recent.items() if n > 0 and key.startswith(DROPPED) and key != STALE
     }
     if recent[RECEIVED] == 0:
         level, message = DiagnosticStatus.WARN, f"no frames on {topic} in the last {period:.1f} s"
-    elif problems:
+    elif problems or setting:
         level = DiagnosticStatus.WARN
-        message = "; ".join(f"{n} {key}" for key, n in sorted(problems.items()))
+        counted = [f"{n} {key}" for key, n in sorted(problems.items())]
+        message = "; ".join(([setting] if setting else []) + counted)
     else:
         level, message = DiagnosticStatus.OK, "forecasting"
     values = {
@@ -106,7 +116,11 @@ def _camera_status(
         WRONG_SIZE: totals[WRONG_SIZE],
     }
     values.update(
-        {k: n for k, n in sorted(totals.items()) if k.startswith((DECODE_ERROR, FAILED, "reset"))}
+        {
+            k: n
+            for k, n in sorted(totals.items())
+            if k.startswith((DROPPED, "reset", NORMALISED)) and k not in values
+        }
     )
     return DiagnosticStatus(
         level=level,

@@ -1,8 +1,10 @@
 """forecast_node: camera images in, K forecast semantic maps per horizon step out.
 
-Callbacks only put each message into its camera's latest-frame slot; one worker thread takes
-the filled slots, decodes them, runs all cameras through the Forecaster in one batch and
-publishes. A frame replaced in its slot before the worker took it is dropped as stale.
+Callbacks deserialize and check each message (inputs.py) and put it into its camera's
+latest-frame slot; one worker thread takes the filled slots, decodes them, runs all cameras
+through the Forecaster in one batch and publishes. A frame replaced in its slot before the
+worker took it is dropped as stale. A frame that cannot be used is dropped, counted by cause
+and logged at most every WARN_EVERY_S per cause; it never costs another camera its forecast.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.clock import Clock, ClockType
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import (
@@ -31,7 +34,7 @@ from rclpy.time import Time
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
 
-from ..io.images import RAW_ENCODINGS, ImageDecodeError, decode_image_message, stamp_ns
+from ..io.images import ImageDecodeError, decode_image_message
 from ..model.store import ModelDirError
 from ..runtime.engine import open_engine
 from ..runtime.forecaster import Forecast, Forecaster, FrameInput
@@ -40,6 +43,7 @@ from .diagnostics import (
     DECODE_ERROR,
     FAILED,
     LATENCY,
+    NORMALISED,
     PUBLISHED,
     RECEIVED,
     STALE,
@@ -47,11 +51,12 @@ from .diagnostics import (
     NodeStats,
 )
 from .futures import make_layout
+from .inputs import InputRejected, Received, SpacingCheck, receive
 from .params import (
     NodeSettings,
     ParameterError,
+    check_params_files,
     declare_and_read,
-    params_files,
     undeclared_overrides,
 )
 
@@ -127,9 +132,9 @@ class FrameSizes:
 class ForecastNode(Node):
     """Subscribes to the cameras, publishes their futures, layout, visualization, diagnostics."""
 
-    def __init__(self, sources: str = "") -> None:
+    def __init__(self, argv: list[str] = ()) -> None:
         super().__init__("forecast_node")
-        self.settings: NodeSettings = declare_and_read(self, sources)
+        self.settings: NodeSettings = declare_and_read(self, argv)
         for name in undeclared_overrides(self):
             self.get_logger().warning(f"parameter {name!r} is not a forecast_node parameter")
         settings = self.settings
@@ -146,6 +151,14 @@ class ForecastNode(Node):
         model = self.engine.config
         self.palette = packing.palette_array(model.head.palette, model.head.num_classes)
         self.stats = NodeStats([c.name for c in settings.cameras])
+        self.spacing = {
+            c.name: SpacingCheck(
+                self.forecaster.frame_interval,
+                settings.forecaster.gate_tolerance,
+                settings.forecaster.max_gap,
+            )
+            for c in settings.cameras
+        }
         self.sizes = FrameSizes()
         self.frames = LatestFrames()
         self.layouts: dict[str, dict[str, Any]] = {}
@@ -166,7 +179,7 @@ class ForecastNode(Node):
             }
             kind = CompressedImage if camera.transport == "compressed" else Image
             self.create_subscription(
-                kind, camera.topic, partial(self.on_image, camera.name), SENSOR_QOS
+                kind, camera.topic, partial(self.on_image, camera.name, kind), SENSOR_QOS, raw=True
             )
         self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(
@@ -185,10 +198,22 @@ class ForecastNode(Node):
             f" with {model.name} on {self.engine.backend} {self.engine.providers}: {topics}"
         )
 
-    def on_image(self, camera: str, msg: Image | CompressedImage) -> None:
-        """Camera message -> the camera's latest-frame slot; never blocks on inference."""
+    def on_image(self, camera: str, kind: type, raw: bytes) -> None:
+        """Serialized camera message -> checked frame in the camera's latest-frame slot; never
+        blocks on inference."""
         self.stats.count(camera, RECEIVED)
-        if self.frames.put(camera, msg):
+        try:
+            frame = receive(raw, kind)
+        except InputRejected as err:
+            self.drop(camera, f"dropped: {err.cause}", str(err))
+            return
+        if frame.normalised:
+            self.stats.count(camera, NORMALISED)
+        spacing = self.spacing[camera]
+        if (problem := spacing.observe(frame.stamp_ns)) is not None:
+            self.get_logger().warning(f"camera {camera}: {problem}")
+        self.stats.set_problem(camera, spacing.text)
+        if self.frames.put(camera, frame):
             self.stats.count(camera, STALE)
 
     def on_diagnostics_timer(self) -> None:
@@ -215,17 +240,21 @@ class ForecastNode(Node):
                     return  # shutting down: publishers are gone
                 for camera in batch:
                     self.stats.count(camera, FAILED)
-                self.get_logger().error(f"forecast failed: {type(err).__name__}: {err}")
+                self.warn(
+                    f"{FAILED}: {type(err).__name__}",
+                    f"forecast failed: {type(err).__name__}: {err}",
+                    self.get_logger().error,
+                )
 
-    def forecast(self, batch: dict[str, Image | CompressedImage]) -> None:
+    def forecast(self, batch: dict[str, Received]) -> None:
         """Decode and check each camera's frame, run one batched step, publish the results."""
         start = time.perf_counter()
         frames, sources = [], []
-        for camera, msg in batch.items():
-            rgb = self.decode(camera, msg)
+        for camera, frame in batch.items():
+            rgb = self.decode(camera, frame.msg)
             if rgb is not None:
-                frames.append(FrameInput(camera, stamp_ns(msg.header) * 1e-9, rgb))
-                sources.append((msg.header, rgb))
+                frames.append(FrameInput(camera, frame.stamp_ns * 1e-9, rgb))
+                sources.append((frame.header, rgb))
         self.stats.record("node: convert", time.perf_counter() - start)
         if not frames:
             return
@@ -238,29 +267,32 @@ class ForecastNode(Node):
     def decode(self, camera: str, msg: Image | CompressedImage) -> np.ndarray | None:
         """RGB uint8 of a camera message; None (logged and counted) if it cannot be used."""
         try:
-            rgb = decode_image_message(msg)
+            rgb = decode_image_message(msg, self.settings.max_input_pixels)
         except ImageDecodeError as err:
-            cause = f"{DECODE_ERROR} ({decode_error_kind(msg)})"
-            self.stats.count(camera, cause)
-            self.warn(f"{camera}: {cause}", f"camera {camera}: dropped a frame: {err}")
+            self.drop(camera, f"{DECODE_ERROR} ({err.cause})", str(err))
             return None
         if not self.sizes.admit(camera, rgb.shape):
-            self.stats.count(camera, WRONG_SIZE)
             height, width = self.sizes.expected(camera)[:2]
-            self.warn(
-                f"{camera}: {WRONG_SIZE}",
-                f"camera {camera}: dropped a {rgb.shape[1]}x{rgb.shape[0]} frame, the stream is "
-                f"{width}x{height} (a new size is adopted after {ADOPT_SIZE_AFTER} in a row)",
+            self.drop(
+                camera,
+                WRONG_SIZE,
+                f"a {rgb.shape[1]}x{rgb.shape[0]} frame, the stream is {width}x{height} (a new "
+                f"size is adopted after {ADOPT_SIZE_AFTER} in a row)",
             )
             return None
         return rgb
 
-    def warn(self, problem: str, text: str) -> None:
+    def drop(self, camera: str, cause: str, text: str) -> None:
+        """Count a dropped frame under `cause`; log it at most every WARN_EVERY_S per cause."""
+        self.stats.count(camera, cause)
+        self.warn(f"{camera}: {cause}", f"camera {camera}: {cause}: {text}")
+
+    def warn(self, problem: str, text: str, log: Callable[[str], Any] | None = None) -> None:
         """Log at most every WARN_EVERY_S per problem, so that a new problem shows at once."""
         now = time.monotonic()
         if now - self.warned.get(problem, -WARN_EVERY_S) >= WARN_EVERY_S:
             self.warned[problem] = now
-            self.get_logger().warning(text)
+            (log or self.get_logger().warning)(text)
 
     def publish(self, forecast: Forecast, header: Header, rgb: np.ndarray) -> None:
         """One forecast -> layout (when it changed), confidence, uncertainty, futures, mosaic."""
@@ -318,28 +350,25 @@ class ForecastNode(Node):
             self.get_logger().warning(f"worker still busy after {JOIN_TIMEOUT_S:.0f} s")
 
 
-def decode_error_kind(msg: Image | CompressedImage) -> str:
-    """A short cause for the diagnostics counters, read off the message that failed."""
-    if isinstance(msg, CompressedImage):
-        fmt = msg.format.lower()
-        return "corrupt payload" if "jpeg" in fmt or "jpg" in fmt or "png" in fmt else "format"
-    if msg.encoding not in RAW_ENCODINGS:
-        return "unknown encoding"
-    if msg.height == 0 or msg.width == 0:
-        return "zero size"
-    return "step/data length"
-
-
 def main(args: list[str] | None = None) -> int:
     """forecast_node [--ros-args ...]: run until SIGINT (exit 0); exit 2 on a bad parameter,
     1 on a model that cannot load."""
     argv = sys.argv if args is None else args
-    rclpy.init(args=argv)
     logger = rclpy.logging.get_logger("forecast_node")
     try:
-        node = ForecastNode(params_files(argv))
+        check_params_files(argv)
+        rclpy.init(args=argv)
+    except (ParameterError, RuntimeError) as err:  # rcl's RCLError is a RuntimeError
+        logger.fatal(f"cannot start: {str(err).splitlines()[0]}")
+        return 2
+    try:
+        node = ForecastNode(argv)
     except ParameterError as err:
         logger.fatal(str(err))
+        rclpy.try_shutdown()
+        return 2
+    except ParameterException as err:  # rclpy's own parameters (use_sim_time)
+        logger.fatal(f"invalid parameter: {err}")
         rclpy.try_shutdown()
         return 2
     except (ModelDirError, OSError, RuntimeError, ValueError) as err:

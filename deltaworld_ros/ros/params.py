@@ -1,24 +1,30 @@
 """The node's parameters: declared with descriptors, read once, validated at start.
 
 A bad value is a ParameterError that names the parameter, the value and the fix; the node
-logs it and exits non-zero. Every parameter is read-only: a change needs a restart.
+logs it and exits 2. Every parameter is read-only: a change needs a restart. rcl forgives
+some mistakes in silence (a -p value of another type than the file's is dropped, `[]` has no
+type); those are refused here too, as are params files that rcl cannot parse.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.exceptions import ParameterException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from ..io.images import DEFAULT_MAX_PIXELS
 from ..model.store import default_model_dir
 from ..runtime.forecaster import ForecasterConfig
+from ..runtime.ort_engine import provider_name
 
 TRANSPORTS = ("raw", "compressed")
 CROPS = ("resize", "square")
@@ -90,7 +96,9 @@ SPECS: dict[str, Spec] = {
     "frame_interval": Spec(
         0.0, "s of header time between kept frames, = one forecast step; 0 = the model's", 0, 60
     ),
-    "context_length": Spec(0, "frames in the predictor's window; 0 = the model's", 0, 64),
+    "context_length": Spec(
+        0, "frames in the predictor's window (>= 2: a delta needs two); 0 = the model's", 0, 64
+    ),
     "output_size": Spec(
         [0, 0], "[h, w] of one forecast tile (per crop); [0, 0] = 4x the model's patch grid"
     ),
@@ -106,6 +114,13 @@ SPECS: dict[str, Spec] = {
     "visualization": Spec(True, "publish the rgb8 visualization mosaic"),
     "seed": Spec(0, "seed of the hypotheses' noise", 0, 2**31 - 1),
     "diagnostics_period": Spec(1.0, "s between /diagnostics messages", 0.1, 60.0),
+    "max_input_pixels": Spec(
+        DEFAULT_MAX_PIXELS,
+        "frames declaring more pixels are dropped (decode error: too large) before any "
+        "decompression; a guard against decompression bombs",
+        1,
+        2**30,
+    ),
 }
 CAMERA_SPECS: dict[str, Spec] = {
     "topic": Spec(
@@ -137,12 +152,14 @@ class NodeSettings:
     cameras: tuple[CameraSettings, ...]
     visualization: bool
     diagnostics_period: float
+    max_input_pixels: int
 
 
-def declare_and_read(node: Node, sources: str = "") -> NodeSettings:
+def declare_and_read(node: Node, argv: list[str] = ()) -> NodeSettings:
     """Declare every parameter (cameras.<name>.* once the names are known) and validate.
-    `sources` names where values came from (params files), for the error messages."""
-    read = _Reader(node, sources)
+    `argv` is the command line the node was started with: its params files name where values
+    came from, and its -p values must be the ones the node got."""
+    read = _Reader(node, params_files(argv))
     values = {name: read.declare(name, spec) for name, spec in SPECS.items()}
     names = values["cameras"]
     read.check(bool(names), "cameras", names, "list at least one camera name")
@@ -175,7 +192,17 @@ def declare_and_read(node: Node, sources: str = "") -> NodeSettings:
         values["device"] == "cpu" or re.fullmatch(r"cuda(:\d+)?", values["device"]) is not None,
         "device", values["device"], "cpu, cuda or cuda:<index>",
     )  # fmt: skip
-    return NodeSettings(
+    read.check(
+        values["context_length"] != 1, "context_length", 1,
+        "a forecast needs at least 2 frames in the window (one delta); use 0 (the model's) "
+        "or 2..64",
+    )  # fmt: skip
+    for provider in values["providers"] or ():
+        try:
+            provider_name(provider)
+        except ValueError as err:
+            read.check(False, "providers", values["providers"], str(err))
+    settings = NodeSettings(
         model_dir=read.model_dir(values["model_dir"]),
         backend=values["backend"],
         providers=tuple(values["providers"]) if values["providers"] else None,
@@ -195,7 +222,12 @@ def declare_and_read(node: Node, sources: str = "") -> NodeSettings:
         cameras=tuple(read.camera(name, len(names), namespace) for name in names),
         visualization=values["visualization"],
         diagnostics_period=values["diagnostics_period"],
+        max_input_pixels=values["max_input_pixels"],
     )
+    for name, text in command_line_values(argv):
+        if node.has_parameter(name):
+            read.check_given(name, text)
+    return settings
 
 
 def undeclared_overrides(node: Node) -> list[str]:
@@ -217,17 +249,43 @@ class _Reader:
         self.where = f" (parameters from {sources})" if sources else ""
 
     def declare(self, name: str, spec: Spec) -> Any:
-        """Declare with the descriptor; a value of the wrong type or out of range (refused by
-        rclpy) or not among the choices is a ParameterError."""
+        """Declare with the descriptor; a value of the wrong type, out of range (refused by
+        rclpy), not finite, without a type (`[]`) or not among the choices is a
+        ParameterError. An integer is taken for a number (frame_interval: 1)."""
         fix = f"expected {spec.expected()} ({spec.description})"
+        overrides = _overrides(self.node)
+        given = overrides.get(name)
+        unset_allowed = isinstance(spec.default, Parameter.Type)  # providers: [] = unset
+        if given is not None and given.type_ == Parameter.Type.NOT_SET and not unset_allowed:
+            raise ParameterError(self.message(name, [], f"an empty list has no type; {fix}"))
+        if isinstance(spec.default, float) and given is not None and given.type_ == (
+            Parameter.Type.INTEGER
+        ):
+            overrides[name] = Parameter(name, value=float(given.value))
         try:
             value = self.node.declare_parameter(name, spec.default, spec.descriptor(name)).value
         except ParameterException as err:
-            given = _overrides(self.node).get(name)
             shown = spec.default if given is None else given.value
             raise ParameterError(self.message(name, shown, fix)) from err
+        self.check(not isinstance(value, float) or math.isfinite(value), name, value, fix)
         self.check(not spec.choices or value in spec.choices, name, value, fix)
         return value
+
+    def check_given(self, name: str, text: str) -> None:
+        """A -p name:=text that rcl dropped (another type than the params file's value)."""
+        given = _yaml_value(text)
+        value = self.node.get_parameter(name).value
+        if isinstance(given, list):
+            same = list(value) == given
+        else:  # rcl reads 1e-1 as a number where YAML 1.1 sees a string
+            same = value == given or (isinstance(value, float) and _number(given) == value)
+        if not same:
+            spec = SPECS.get(name) or CAMERA_SPECS.get(name.rsplit(".", 1)[-1])
+            fix = f"expected {spec.expected()}" if spec else f"expected a value like {value!r}"
+            raise ParameterError(
+                f"parameter {name}={given!r} (from -p) is invalid: {fix}; it has another type "
+                f"than the params file's value {value!r}, which would be used instead"
+            )
 
     def check(self, ok: bool, name: str, value: Any, fix: str) -> None:
         if not ok:
@@ -272,5 +330,56 @@ class _Reader:
 
 def params_files(argv: list[str]) -> str:
     """The --params-file arguments in a ROS command line, comma-separated."""
-    files = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--params-file"]
-    return ", ".join(files)
+    return ", ".join(_option_values(argv, ("--params-file",)))
+
+
+def command_line_values(argv: list[str]) -> list[tuple[str, str]]:
+    """(name, value text) of every -p / --param name:=value (node:name:=value too)."""
+    pairs = []
+    for item in _option_values(argv, ("-p", "--param")):
+        key, _, text = item.partition(":=")
+        pairs.append((key.rsplit(":", 1)[-1], text))
+    return pairs
+
+
+def check_params_files(argv: list[str]) -> None:
+    """Every --params-file exists and is a YAML mapping, before rcl reads it (rcl's own
+    refusal is a multi-line error). ParameterError otherwise."""
+    for file in _option_values(argv, ("--params-file",)):
+        try:
+            body = yaml.safe_load(Path(file).read_text())
+        except OSError as err:
+            raise ParameterError(
+                f"cannot read the params file {file}: {err.strerror}; check the path"
+            ) from err
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem_mark", None)
+            line = f" at line {where.line + 1}" if where else ""
+            problem = getattr(err, "problem", None) or err
+            raise ParameterError(
+                f"params file {file} is not valid YAML{line}: {problem}"
+            ) from err
+        if not isinstance(body, dict) or not all(isinstance(v, dict) for v in body.values()):
+            raise ParameterError(
+                f"params file {file} must map node names to their parameters, e.g. "
+                "'/**: {ros__parameters: {num_hypotheses: 8}}'"
+            )
+
+
+def _option_values(argv: list[str], options: tuple[str, ...]) -> list[str]:
+    return [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg in options]
+
+
+def _number(text: Any) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def _yaml_value(text: str) -> Any:
+    """A -p value as rcl reads it: YAML (a string when it does not parse)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text

@@ -1,0 +1,125 @@
+"""What the node accepts from a camera message before inference, and why it drops the rest.
+
+The node takes its camera topics serialized and deserializes them here, so that a sample the
+middleware cannot turn into a message is counted on its camera and never displaces a good
+frame (a keep-last-1 reader would otherwise hold the bad sample in place of the good one).
+
+One rule for header stamps: the stamp is sec * 1e9 + nanosec nanoseconds, whatever the
+fields hold. A stamp <= 0 (negative, or zero = never set) cannot place a frame in time and is
+dropped; a nanosec field >= 1e9 is carried into the seconds, and the outputs carry the
+normalised stamp, so that every published header is a valid time.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from rclpy.serialization import deserialize_message
+from std_msgs.msg import Header
+
+from ..io.images import stamp_ns
+
+NS = 1_000_000_000
+MAX_SEC = 2**31 - 1  # builtin_interfaces/Time.sec is an int32
+SPACING_WINDOW = 20  # stamp differences behind a spacing verdict
+FAR_SPACING = 1.5  # x frame_interval: kept frames further apart than the model was trained on
+
+
+class InputRejected(Exception):
+    """A camera message the node drops; `cause` names the counter, the message the details."""
+
+    def __init__(self, cause: str, text: str) -> None:
+        super().__init__(text)
+        self.cause = cause
+
+
+@dataclass
+class Received:
+    msg: Any  # sensor_msgs Image or CompressedImage
+    stamp_ns: int  # the stamp by the rule above, > 0
+    header: Header  # the header the outputs carry: the frame's, stamp normalised
+    normalised: bool  # nanosec was >= 1e9
+
+
+def receive(raw: bytes, kind: type) -> Received:
+    """Serialized camera message -> Received; InputRejected when it cannot be used."""
+    try:
+        msg = deserialize_message(raw, kind)
+    except Exception as err:  # rmw raises its own error types for malformed CDR
+        raise InputRejected(
+            "undeserializable",
+            f"a {len(raw)}-byte sample is not a valid {kind.__name__} ({err}); "
+            "check the publisher's message type",
+        ) from err
+    stamp = stamp_ns(msg.header)
+    if stamp <= 0:
+        kind_of = "negative" if stamp < 0 else "zero"
+        raise InputRejected(
+            f"bad stamp ({kind_of})",
+            f"header stamp sec={msg.header.stamp.sec} nanosec={msg.header.stamp.nanosec} is "
+            f"{kind_of}: frames need their capture time in header.stamp",
+        )
+    sec, nanosec = divmod(stamp, NS)
+    if sec > MAX_SEC:  # only a huge nanosec can carry sec past builtin_interfaces' int32
+        raise InputRejected(
+            "bad stamp (out of range)",
+            f"header stamp sec={msg.header.stamp.sec} nanosec={msg.header.stamp.nanosec} "
+            f"normalises past the largest time a header holds (sec {MAX_SEC})",
+        )
+    header = Header(frame_id=msg.header.frame_id)
+    header.stamp.sec, header.stamp.nanosec = sec, nanosec
+    return Received(msg, stamp, header, msg.header.stamp.nanosec >= NS)
+
+
+class SpacingCheck:
+    """One camera's header-stamp spacing against the forecaster's gate: says when the
+    settings make forecasting unlikely, with the numbers and the fix."""
+
+    def __init__(self, frame_interval: float, gate_tolerance: float, max_gap: float) -> None:
+        self.frame_interval = frame_interval
+        self.keep_after = (1 - gate_tolerance) * frame_interval
+        self.restart_after = max_gap * frame_interval
+        self.max_gap = max_gap
+        self._stamps: deque[int] = deque(maxlen=SPACING_WINDOW + 1)
+        self.kind: str | None = None  # which problem holds now, if any
+        self.text: str | None = None
+
+    def observe(self, stamp: int) -> str | None:
+        """Add a frame's stamp; the problem's text when a new problem starts (log it once)."""
+        self._stamps.append(stamp)
+        if len(self._stamps) <= SPACING_WINDOW:
+            return None
+        spacing = float(np.median(np.diff(np.asarray(self._stamps)))) / NS
+        kind, text = self._verdict(spacing)
+        started = kind is not None and kind != self.kind
+        self.kind, self.text = kind, text
+        return text if started else None
+
+    def _verdict(self, spacing: float) -> tuple[str | None, str | None]:
+        interval = self.frame_interval
+        window = f"median over the last {SPACING_WINDOW} frames"
+        if spacing <= 0:
+            return "still", (
+                f"header stamps do not advance ({window}: {spacing:g} s): every frame after "
+                "the first is gated or restarts the history; stamp each frame with its "
+                "capture time"
+            )
+        if spacing > self.restart_after:
+            return "restart", (
+                f"frames are {spacing:.3g} s apart ({window}), more than the "
+                f"{self.restart_after:.3g} s gap (max_gap {self.max_gap:g} x frame_interval "
+                f"{interval:g} s) that restarts the history: no frame is ever forecast; set "
+                f"frame_interval:={spacing:.3g} or send frames at least every "
+                f"{self.restart_after:.3g} s"
+            )
+        if spacing > FAR_SPACING * interval:
+            return "far", (
+                f"frames are {spacing:.3g} s apart ({window}), {spacing / interval:.1f} x "
+                f"frame_interval {interval:g} s: each forecast steps {interval:g} s from a "
+                "history spaced wider than that; set frame_interval:="
+                f"{spacing:.3g} or send frames at least every {interval:g} s"
+            )
+        return None, None
