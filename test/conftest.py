@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,27 @@ def fixture_arrays() -> dict[str, np.ndarray]:
         pytest.fail(f"parity fixtures not found at {path}; set DELTAWORLD_FIXTURES")
     with np.load(path) as data:
         return {k: data[k] for k in data.files}
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    """`deltaworld export --preset tiny`: ONNX graphs + manifest of a random-weight model
+    (the node tests' model)."""
+    out = tmp_path_factory.mktemp("model") / "tiny"
+    subprocess.run(
+        [sys.executable, "-m", "deltaworld_ros.cli", "export", "--preset", "tiny", "--skip-check",
+         "--out", str(out)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    return out
+
+
+@pytest.fixture
+def domain(request) -> int:
+    """A ROS_DOMAIN_ID of this test's own (see harness.domain_id)."""
+    from deltaworld_ros.ros.harness import domain_id
+
+    return domain_id(request.node.name)
 
 
 def module_state(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, torch.Tensor]:

@@ -8,8 +8,6 @@ Every test ends with SIGINT, as Ctrl-C in a terminal: the node must exit 0, no t
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +23,7 @@ from std_msgs.msg import Header, String
 from deltaworld_ros.io.images import encode_compressed, stamp_ns
 from deltaworld_ros.ros import packing
 from deltaworld_ros.ros.futures import decode_float_image, decode_futures, untile
-from deltaworld_ros.ros.harness import NodeProcess, Probe, domain_id, write_params
+from deltaworld_ros.ros.harness import NodeProcess, Probe, write_params
 from deltaworld_ros.ros.node import LAYOUT_QOS, OUTPUT_QOS, SENSOR_QOS
 
 pytestmark = pytest.mark.dds
@@ -36,23 +34,6 @@ SIZE = (48, 64)  # camera frames (H, W)
 NS = 1_000_000_000
 STEP_NS = NS // 10  # between frame stamps: the tiny model's frame_interval, 0.1 s
 START_TIMEOUT = 40.0  # s for the node to start and publish a first forecast
-
-
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory) -> Path:
-    """`deltaworld export --preset tiny`: ONNX graphs + manifest of a random-weight model."""
-    out = tmp_path_factory.mktemp("model") / "tiny"
-    subprocess.run(
-        [sys.executable, "-m", "deltaworld_ros.cli", "export", "--preset", "tiny", "--skip-check",
-         "--out", str(out)],
-        check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
-    return out
-
-
-@pytest.fixture
-def domain(request) -> int:
-    return domain_id(request.node.name)
 
 
 def base_params(model_dir: Path, **overrides) -> dict:
@@ -319,7 +300,7 @@ def test_malformed_frames_are_counted_and_good_frames_keep_flowing(tmp_path, dom
 
     assert all(int(values[key]) >= 1 for key in MALFORMED_RAW)
     assert "reset: resolution changed" not in values
-    assert "unsupported image encoding 'rgb9'" in log and "dropped a 32x32 frame" in log
+    assert "unsupported image encoding 'rgb9'" in log and "dropped: wrong size: a 32x32 frame" in log
     assert "cannot decode" in log
 
 

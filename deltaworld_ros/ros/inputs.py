@@ -3,6 +3,8 @@
 The node takes its camera topics serialized and deserializes them here, so that a sample the
 middleware cannot turn into a message is counted on its camera and never displaces a good
 frame (a keep-last-1 reader would otherwise hold the bad sample in place of the good one).
+The sizes in the CDR are checked first: the C deserializer prints an unattributed line to
+stderr for each string or sequence that overruns the buffer, at the rate the samples come.
 
 One rule for header stamps: the stamp is sec * 1e9 + nanosec nanoseconds, whatever the
 fields hold. A stamp <= 0 (negative, or zero = never set) cannot place a frame in time and is
@@ -12,12 +14,14 @@ normalised stamp, so that every published header is a valid time.
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from rclpy.serialization import deserialize_message
+from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from ..io.images import stamp_ns
@@ -44,8 +48,46 @@ class Received:
     normalised: bool  # nanosec was >= 1e9
 
 
+# The CDR fields of each camera message type after the header, in order: "u32" a 4-byte
+# number, "u8" a byte, "str"/"seq" a 4-byte length followed by that many bytes.
+_HEADER = ("u32", "u32", "str")  # stamp.sec, stamp.nanosec, frame_id
+_LAYOUTS = {
+    Image: (*_HEADER, "u32", "u32", "str", "u8", "u32", "seq"),
+    CompressedImage: (*_HEADER, "str", "seq"),
+}
+_ENCAPSULATIONS = {0: ">", 1: "<", 6: ">", 7: "<"}  # plain CDR and CDR2, big / little endian
+
+
+def _cdr_problem(raw: bytes, kind: type) -> str | None:
+    """Why `raw` cannot be a `kind` message (a length past the end of the sample), or None."""
+    if len(raw) < 4 or raw[0] != 0 or raw[1] not in _ENCAPSULATIONS:
+        return f"encapsulation header {raw[:4].hex() or 'missing'} is not CDR"
+    order, offset = _ENCAPSULATIONS[raw[1]], 4
+    for field in _LAYOUTS[kind]:
+        if field == "u8":
+            offset += 1
+            continue
+        offset = 4 + -(-(offset - 4) // 4) * 4  # 4-byte alignment from the end of the header
+        if offset + 4 > len(raw):
+            return f"the sample ends at byte {len(raw)}, inside its fields"
+        offset += 4
+        if field in ("str", "seq"):
+            (length,) = struct.unpack_from(f"{order}I", raw, offset - 4)
+            if length > len(raw) - offset:
+                return f"a {field} declares {length} bytes where {len(raw) - offset} remain"
+            offset += length
+    return None
+
+
 def receive(raw: bytes, kind: type) -> Received:
     """Serialized camera message -> Received; InputRejected when it cannot be used."""
+    problem = _cdr_problem(raw, kind)
+    if problem is not None:
+        raise InputRejected(
+            "undeserializable",
+            f"a {len(raw)}-byte sample is not a valid {kind.__name__}: {problem}; check the "
+            "publisher's message type",
+        )
     try:
         msg = deserialize_message(raw, kind)
     except Exception as err:  # rmw raises its own error types for malformed CDR

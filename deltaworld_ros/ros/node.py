@@ -60,9 +60,12 @@ from .params import (
     undeclared_overrides,
 )
 
-# Camera inputs: drop rather than queue, a forecast of an old frame is worth little.
+# Camera inputs: drop rather than queue, a forecast of an old frame is worth little; the
+# latest-frame slots do the dropping. The reader keeps a few samples so that a burst (a bad
+# sample right behind a good frame) reaches the callbacks instead of evicting the good frame
+# before the executor takes it.
 SENSOR_QOS = QoSProfile(
-    history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT
+    history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.BEST_EFFORT
 )
 OUTPUT_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
 LAYOUT_QOS = QoSProfile(
