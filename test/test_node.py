@@ -300,7 +300,9 @@ def test_malformed_frames_are_counted_and_good_frames_keep_flowing(tmp_path, dom
 
     assert all(int(values[key]) >= 1 for key in MALFORMED_RAW)
     assert "reset: resolution changed" not in values
-    assert "unsupported image encoding 'rgb9'" in log and "dropped: wrong size: a 32x32 frame" in log
+    assert (
+        "unsupported image encoding 'rgb9'" in log and "dropped: wrong size: a 32x32 frame" in log
+    )
     assert "cannot decode" in log
 
 

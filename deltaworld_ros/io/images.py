@@ -133,9 +133,7 @@ def _rows(
 
 def _check_bigendian(is_bigendian: int) -> str:
     if is_bigendian not in (0, 1):
-        raise ImageDecodeError(
-            f"is_bigendian must be 0 or 1, got {is_bigendian!r}", "is_bigendian"
-        )
+        raise ImageDecodeError(f"is_bigendian must be 0 or 1, got {is_bigendian!r}", "is_bigendian")
     return ">" if is_bigendian else "<"
 
 

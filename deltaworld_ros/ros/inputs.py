@@ -63,18 +63,19 @@ def _cdr_problem(raw: bytes, kind: type) -> str | None:
     if len(raw) < 4 or raw[0] != 0 or raw[1] not in _ENCAPSULATIONS:
         return f"encapsulation header {raw[:4].hex() or 'missing'} is not CDR"
     order, offset = _ENCAPSULATIONS[raw[1]], 4
+    end = len(raw) - (raw[3] & 3)  # the options' low bits count padding after the payload
     for field in _LAYOUTS[kind]:
         if field == "u8":
             offset += 1
             continue
         offset = 4 + -(-(offset - 4) // 4) * 4  # 4-byte alignment from the end of the header
-        if offset + 4 > len(raw):
-            return f"the sample ends at byte {len(raw)}, inside its fields"
+        if offset + 4 > end:
+            return f"the payload ends at byte {end}, inside its fields"
         offset += 4
         if field in ("str", "seq"):
             (length,) = struct.unpack_from(f"{order}I", raw, offset - 4)
-            if length > len(raw) - offset:
-                return f"a {field} declares {length} bytes where {len(raw) - offset} remain"
+            if length > end - offset:
+                return f"a {field} declares {length} bytes where {end - offset} remain"
             offset += length
     return None
 
@@ -126,19 +127,21 @@ class SpacingCheck:
         self.restart_after = max_gap * frame_interval
         self.max_gap = max_gap
         self._stamps: deque[int] = deque(maxlen=SPACING_WINDOW + 1)
-        self.kind: str | None = None  # which problem holds now, if any
-        self.text: str | None = None
+        self.text: str | None = None  # the problem that holds now, if any
+        self._told: set[str] = set()  # kinds of problem logged already
 
     def observe(self, stamp: int) -> str | None:
-        """Add a frame's stamp; the problem's text when a new problem starts (log it once)."""
+        """Add a frame's stamp; the problem's text the first time a kind of problem shows
+        (log it then; `text` says while it lasts)."""
         self._stamps.append(stamp)
         if len(self._stamps) <= SPACING_WINDOW:
             return None
         spacing = float(np.median(np.diff(np.asarray(self._stamps)))) / NS
-        kind, text = self._verdict(spacing)
-        started = kind is not None and kind != self.kind
-        self.kind, self.text = kind, text
-        return text if started else None
+        kind, self.text = self._verdict(spacing)
+        if kind is None or kind in self._told:
+            return None
+        self._told.add(kind)
+        return self.text
 
     def _verdict(self, spacing: float) -> tuple[str | None, str | None]:
         interval = self.frame_interval

@@ -258,8 +258,10 @@ class _Reader:
         unset_allowed = isinstance(spec.default, Parameter.Type)  # providers: [] = unset
         if given is not None and given.type_ == Parameter.Type.NOT_SET and not unset_allowed:
             raise ParameterError(self.message(name, [], f"an empty list has no type; {fix}"))
-        if isinstance(spec.default, float) and given is not None and given.type_ == (
-            Parameter.Type.INTEGER
+        if (
+            isinstance(spec.default, float)
+            and given is not None
+            and given.type_ == (Parameter.Type.INTEGER)
         ):
             overrides[name] = Parameter(name, value=float(given.value))
         try:
@@ -356,9 +358,7 @@ def check_params_files(argv: list[str]) -> None:
             where = getattr(err, "problem_mark", None)
             line = f" at line {where.line + 1}" if where else ""
             problem = getattr(err, "problem", None) or err
-            raise ParameterError(
-                f"params file {file} is not valid YAML{line}: {problem}"
-            ) from err
+            raise ParameterError(f"params file {file} is not valid YAML{line}: {problem}") from err
         if not isinstance(body, dict) or not all(isinstance(v, dict) for v in body.values()):
             raise ParameterError(
                 f"params file {file} must map node names to their parameters, e.g. "
