@@ -7,8 +7,9 @@ package trains on its procedural world.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from typing import Any, get_args, get_origin, get_type_hints
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -96,39 +97,73 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Inverse of to_dict; unknown keys are an error so that typos in a manifest surface."""
-        nested = {
-            "backbone": BackboneConfig,
-            "tokenizer": TokenizerConfig,
-            "predictor": PredictorConfig,
-            "head": HeadConfig,
-        }
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown model config keys {sorted(unknown)}; known: {sorted(known)}")
-        kwargs: dict[str, Any] = {}
-        for key, value in data.items():
-            if key in nested:
-                kwargs[key] = _sub_config(nested[key], value)
-            elif key == "image_size":
-                kwargs[key] = tuple(value)
-            else:
-                kwargs[key] = value
-        return cls(**kwargs)
+    def from_dict(cls, data: Any) -> ModelConfig:
+        """Inverse of to_dict. Unknown keys, missing ones and values of the wrong type are a
+        ValueError naming the field (config.backbone.hidden_size), so that a typo or an edit
+        in a manifest surfaces at load instead of deep inside a network."""
+        return _typed(data, cls, "config")
+
+    def validate(self) -> None:
+        """Sizes the networks can be built with; ValueError naming the field otherwise."""
+        b, t, p = self.backbone, self.tokenizer, self.predictor
+        sizes = {f"config.{part}.{f.name}": getattr(sub, f.name)
+                 for part, sub in (("backbone", b), ("tokenizer", t), ("predictor", p))
+                 for f in fields(sub) if isinstance(getattr(sub, f.name), int)
+                 and not isinstance(getattr(sub, f.name), bool)}  # fmt: skip
+        checks = [
+            *((value >= (0 if name.endswith("register_tokens") else 1), name, value, ">= 1")
+              for name, value in sizes.items()),
+            (all(v >= 1 and v % b.patch_size == 0 for v in self.image_size),
+             "config.image_size", self.image_size,
+             f"positive multiples of backbone.patch_size ({b.patch_size})"),
+            *((sub.hidden_size % sub.num_heads == 0, f"config.{part}.hidden_size",
+               sub.hidden_size, f"a multiple of num_heads ({sub.num_heads})")
+              for part, sub in (("backbone", b), ("tokenizer", t), ("predictor", p))),
+            (t.hidden_size == b.hidden_size, "config.tokenizer.hidden_size", t.hidden_size,
+             f"backbone.hidden_size ({b.hidden_size}): tokens live in the feature space"),
+            (math.isfinite(self.frame_interval) and self.frame_interval > 0,
+             "config.frame_interval", self.frame_interval, "a number of seconds > 0"),
+            (self.context_length >= 2, "config.context_length", self.context_length,
+             ">= 2 (a forecast needs one delta)"),
+            (all(0 <= c <= 255 for colour in self.head.palette for c in colour),
+             "config.head.palette", "...", "RGB values in 0..255"),
+        ]  # fmt: skip
+        for ok, name, value, expected in checks:
+            if not ok:
+                raise ValueError(f"{name} is {value!r}, expected {expected}")
 
 
-def _sub_config(kind: type, data: dict[str, Any]) -> Any:
-    known = {f.name for f in fields(kind)}
-    unknown = set(data) - known
-    if unknown:
-        raise ValueError(f"unknown {kind.__name__} keys {sorted(unknown)}; known: {sorted(known)}")
-    return kind(**{k: _tuplify(v) for k, v in data.items()})
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
-def _tuplify(value: Any) -> Any:
-    return tuple(_tuplify(v) for v in value) if isinstance(value, list) else value
+def _typed(value: Any, hint: Any, where: str) -> Any:
+    """`value` read from JSON as `hint` (a config dataclass, a scalar or a tuple of them);
+    ValueError naming `where` when it is not one."""
+    if is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where} must be an object, got {value!r:.60}")
+        known = {f.name: f for f in fields(hint)}
+        if unknown := sorted(set(value) - set(known)):
+            raise ValueError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
+        required = [n for n, f in known.items()
+                    if f.default is MISSING and f.default_factory is MISSING]  # fmt: skip
+        if missing := [n for n in required if n not in value]:
+            raise ValueError(f"{where}: missing {', '.join(missing)}")
+        hints = get_type_hints(hint)
+        return hint(**{k: _typed(v, hints[k], f"{where}.{k}") for k, v in value.items()})
+    if get_origin(hint) is tuple:
+        args = get_args(hint)
+        items = args[:1] * len(value) if isinstance(value, list) and args[-1] is ... else args
+        if not isinstance(value, list) or len(value) != len(items):
+            count = "" if args[-1] is ... else f"{len(args)} "
+            raise ValueError(f"{where} must be a list of {count}items, got {value!r:.60}")
+        return tuple(_typed(v, h, f"{where}[{i}]") for i, (v, h) in enumerate(zip(value, items)))
+    ok = isinstance(value, hint) and not (isinstance(value, bool) and hint is not bool)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not ok:
+        raise ValueError(f"{where} must be {_KINDS[hint]}, got {value!r:.60}")
+    return value
 
 
 CITYSCAPES_CLASSES = (

@@ -1,7 +1,9 @@
 """A model directory: weights/ (+ onnx/ once exported) and a manifest.json that pins them.
 
 manifest.json = {"format", "config" (ModelConfig), "files" {relative path: sha256},
-"provenance" {...}}. Every file is checked against its hash before anything loads it.
+"provenance" {...}}. The manifest is checked as a whole (its schema, the config's types and
+sizes) and every file against its hash before anything loads it; whatever is wrong is one
+ModelDirError naming the file and the field.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ModelConfig
-from .loading import load_weights
+from .loading import WeightFileError, load_weights
 from .world_model import WorldModel
 
 MANIFEST = "manifest.json"
@@ -71,12 +73,9 @@ def read_manifest(directory: str | Path, verify: bool = True) -> Manifest:
         )
     try:
         body = json.loads(path.read_text())
-        if body.get("format") != FORMAT:
-            raise ModelDirError(f"{path}: format {body.get('format')!r}, expected {FORMAT!r}")
-        manifest = Manifest(directory, ModelConfig.from_dict(body["config"]), dict(body["files"]),
-                            dict(body.get("provenance", {})))  # fmt: skip
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise ModelDirError(f"{path} is not a valid manifest: {err}") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelDirError(f"{path} is not readable JSON: {err}") from err
+    manifest = _parse(directory, path, body)
     if verify:
         for relative, expected in manifest.files.items():
             file = directory / relative
@@ -91,10 +90,39 @@ def read_manifest(directory: str | Path, verify: bool = True) -> Manifest:
     return manifest
 
 
+def _parse(directory: Path, path: Path, body: Any) -> Manifest:
+    """The manifest of a parsed manifest.json; ModelDirError naming the field that is wrong."""
+    if not isinstance(body, dict):
+        raise ModelDirError(
+            f"{path}: the top level must be an object with format, config, files, got "
+            f"{type(body).__name__}"
+        )
+    if body.get("format") != FORMAT:
+        raise ModelDirError(f"{path}: format {body.get('format')!r}, expected {FORMAT!r}")
+    files, provenance = body.get("files"), body.get("provenance", {})
+    if not isinstance(files, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and len(v) == 64 for k, v in files.items()
+    ):
+        raise ModelDirError(f"{path}: files must map relative paths to sha256 hex digests")
+    if not isinstance(provenance, dict):
+        raise ModelDirError(f"{path}: provenance must be an object, got {provenance!r:.60}")
+    if bad := [f for f in files if Path(f).is_absolute() or ".." in Path(f).parts]:
+        raise ModelDirError(f"{path}: files must stay inside the model directory, got {bad[0]}")
+    try:
+        config = ModelConfig.from_dict(body.get("config"))
+        config.validate()
+    except ValueError as err:
+        raise ModelDirError(f"{path}: {err}") from err
+    return Manifest(directory, config, files, provenance)
+
+
 def load_model(directory: str | Path) -> WorldModel:
     """Verified manifest + this package's weight files -> WorldModel in eval mode."""
     manifest = read_manifest(directory)
-    return load_weights(manifest.config, manifest.directory)
+    try:
+        return load_weights(manifest.config, manifest.directory)
+    except WeightFileError as err:
+        raise ModelDirError(str(err)) from err
 
 
 def default_model_dir() -> Path:

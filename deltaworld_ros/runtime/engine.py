@@ -28,6 +28,21 @@ OUTPUTS = {"backbone": "y", "encoder": "z", "predictor": "z_hat", "decoder": "y_
 CONTEXT_INPUTS = ("kv", "pos_k")  # the predictor's inputs whose axis 1 is the context length
 
 
+def graph_shapes(cfg: ModelConfig) -> dict[str, dict[str, tuple[int | str, ...]]]:
+    """Each graph's inputs and output as the engine feeds and reads them, by name: "B" is the
+    batch axis, "L" the context length, the other sizes follow from the config."""
+    h, w = cfg.image_size
+    n, c, d = cfg.num_patches, cfg.token_size, cfg.predictor.hidden_size
+    return {
+        "backbone": {"pixels": ("B", 3, h, w), "y": ("B", n, c)},
+        "encoder": {"x": ("B", n, c), "y": ("B", n, c), "z": ("B", 1, c)},
+        "predictor": {"queries": ("B", 1, d), "kv": ("B", "L", c), "pos_q": ("B", 1),
+                      "pos_k": ("B", "L"), "z_hat": ("B", 1, c)},
+        "decoder": {"z": ("B", 1, c), "x": ("B", n, c), "y_hat": ("B", n, c)},
+        "head": {"y": ("B", n, c), "logits": ("B", cfg.head.num_classes, *cfg.grid)},
+    }  # fmt: skip
+
+
 def graph_file(graph: str, precision: str = "fp32") -> str:
     """Path of a graph inside a model directory: onnx/<graph>.onnx, onnx/fp16/<graph>.onnx."""
     return f"onnx/fp16/{graph}.onnx" if precision == "fp16" else f"onnx/{graph}.onnx"

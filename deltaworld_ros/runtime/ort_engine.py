@@ -18,7 +18,7 @@ from safetensors import safe_open
 
 from ..model.loading import weight_path
 from ..model.store import ModelDirError, read_manifest
-from .engine import GRAPHS, INPUTS, graph_file
+from .engine import GRAPHS, INPUTS, OUTPUTS, graph_file, graph_shapes
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +94,15 @@ class OrtEngine:
             options = session_options(threads)
             provider_options = [self._provider_options(p, graph, device_id, max_batch)
                                 for p in wanted]  # fmt: skip
-            session = ort.InferenceSession(
-                str(manifest.path(relative)), options, wanted, provider_options
-            )
+            path = manifest.path(relative)
+            try:
+                session = ort.InferenceSession(str(path), options, wanted, provider_options)
+            except Exception as err:  # onnxruntime's errors derive from Exception only
+                raise ModelDirError(
+                    f"{path} is not a graph onnxruntime can load ({type(err).__name__}: "
+                    f"{str(err).splitlines()[0] if str(err) else ''}); re-export the model"
+                ) from err
+            check_interface(session, graph, self.config, path)
             got = session.get_providers()
             failed = [p for p in wanted if p not in got]
             if failed and strict:
@@ -183,19 +189,37 @@ def session_options(threads: int | None) -> ort.SessionOptions:
     return options
 
 
+def check_interface(session: ort.InferenceSession, graph: str, config, path: Path) -> None:
+    """The graph's inputs and output must be those the engine feeds and reads, of the sizes
+    the manifest's config implies; ModelDirError naming the file and the tensor otherwise."""
+    expected = graph_shapes(config)[graph]
+    got = {t.name: t.shape for t in (*session.get_inputs(), *session.get_outputs())}
+    names = {t.name for t in session.get_inputs()}
+    if names != set(INPUTS[graph]) or OUTPUTS[graph] not in got:
+        raise ModelDirError(
+            f"{path}: inputs {sorted(names)} and outputs {[t.name for t in session.get_outputs()]}"
+            f", expected inputs {sorted(INPUTS[graph])} and output {OUTPUTS[graph]!r}; "
+            "re-export the model"
+        )
+    for name, dims in expected.items():
+        shape = got[name]
+        if len(shape) != len(dims) or any(
+            isinstance(g, int) and isinstance(e, int) and g != e
+            for g, e in zip(shape, dims, strict=True)
+        ):
+            raise ModelDirError(
+                f"{path}: {name} has shape {list(shape)} but the config of manifest.json "
+                f"implies {list(dims)}: the graph and the config disagree; re-export the model"
+            )
+
+
 def _trt_profiles(cfg, graph: str, max_batch: int) -> dict[str, str]:
     """TensorRT shape profiles (min/opt/max) so a new batch or context size reuses the engine
     instead of rebuilding it; batch up to max_batch, context up to 4 x the model's."""
-    h, w = cfg.image_size
-    n, c, d = cfg.num_patches, cfg.token_size, cfg.predictor.hidden_size
     ctx = cfg.context_length
     shapes = {
-        "backbone": {"pixels": (3, h, w)},
-        "encoder": {"x": (n, c), "y": (n, c)},
-        "predictor": {"queries": (1, d), "kv": ("L", c), "pos_q": (1,), "pos_k": ("L",)},
-        "decoder": {"z": (1, c), "x": (n, c)},
-        "head": {"y": (n, c)},
-    }[graph]
+        name: dims[1:] for name, dims in graph_shapes(cfg)[graph].items() if name in INPUTS[graph]
+    }
 
     def profile(batch: int, context: int) -> str:
         return ",".join(
