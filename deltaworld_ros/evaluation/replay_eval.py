@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rosbags.highlevel import AnyReader
 from tqdm import tqdm
 
 from deltaworld_ros.evaluation.metrics import (
@@ -37,7 +36,14 @@ from deltaworld_ros.evaluation.metrics import (
     spearman,
 )
 from deltaworld_ros.evaluation.report import summary_text, write_report
-from deltaworld_ros.io.bags import IMAGE, IMAGE_TYPES, bag_topics, read_images, read_messages
+from deltaworld_ros.io.bags import (
+    IMAGE,
+    IMAGE_TYPES,
+    bag_topics,
+    message_count,
+    read_images,
+    read_messages,
+)
 from deltaworld_ros.io.images import stamp_ns
 from deltaworld_ros.model.config import generic_classes
 from deltaworld_ros.model.store import ModelDirError, default_model_dir, read_manifest
@@ -486,7 +492,9 @@ class Evaluator:
             )
         self.notes: list[str] = []
         self.label_topic = _label_topic(options, image_types)
-        self.labels = LabelStream(options.bag, self.label_topic) if self.label_topic else None
+        self.labels = (
+            LabelStream(options.bag, self.label_topic, self.notes) if self.label_topic else None
+        )
         self.recording = None
         self.published: dict[int, deque[Published]] = {}
         if options.predictions is not None:
@@ -525,8 +533,9 @@ class Evaluator:
         options = self.options
         gating = self.forecaster.config if self.forecaster else ForecasterConfig()  # the node's
         gate = Gate(self.interval_s, gating.gate_tolerance, gating.max_gap)
-        kept = keep_frames(read_images(options.bag, options.image_topic), gate, self.stats)
-        total = _message_count(options.bag, options.image_topic)
+        frames = read_images(options.bag, options.image_topic, damage=self.notes)
+        kept = keep_frames(frames, gate, self.stats)
+        total = message_count(options.bag, options.image_topic)
         every = total / options.examples
         self.thresholds = deque((i + 0.5) * every for i in range(options.examples))
         with tqdm(total=total, unit="msg", desc="eval", disable=not options.progress) as bar:
@@ -534,6 +543,12 @@ class Evaluator:
                 bar.update(frame.message + 1 - bar.n)
                 self.step(frame, futures)
             bar.update(total - bar.n)
+        if self.stats.messages < total:
+            self.notes.append(
+                f"{total - self.stats.messages} of {total} messages on {options.image_topic} "
+                "could not be read from the damaged bag; the scores cover the frames before "
+                "and after the damage"
+            )
         self.classes.flush()
         if self.features is not None:
             self.features.flush()
@@ -760,7 +775,7 @@ def read_published(bag: Path, futures_topic: str, notes: list[str]) -> Recording
     layout_msg = None
     replay: dict[str, Any] = {}
     diagnostics: list[Any] = []
-    for message in read_messages(bag, wanted):
+    for message in read_messages(bag, wanted, damage=notes):
         if message.topic == layout_topic:
             layout_msg = message.msg
         elif message.topic == STATS_TOPIC:
@@ -858,8 +873,8 @@ class LabelStream:
     the labels recorded within `window_s` of it. A long bag never sits in memory, and in a
     looping bag each lap finds its own labels."""
 
-    def __init__(self, bag: Path, topic: str, window_s: float = 2.0) -> None:
-        self.source = read_images(bag, topic, labels=True)
+    def __init__(self, bag: Path, topic: str, damage: list[str], window_s: float = 2.0) -> None:
+        self.source = read_images(bag, topic, labels=True, damage=damage)
         self.window_ns = int(window_s * 1e9)
         self.buffer: deque[Any] = deque()  # io.bags.BagFrame, in log-time order
         self.errors = 0  # undecodable label messages
@@ -883,11 +898,6 @@ class LabelStream:
                 self.buffer.remove(label)
                 return label.image
         return None
-
-
-def _message_count(bag: Path, topic: str) -> int:
-    with AnyReader([Path(bag)]) as reader:
-        return sum(c.msgcount for c in reader.connections if c.topic == topic)
 
 
 def _open_forecaster(

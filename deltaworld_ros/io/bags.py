@@ -2,12 +2,19 @@
 
 Written bags carry their message definitions, so `ros2 bag play` on Humble and later replays
 them; the log time of every message is its header stamp, so replay timing equals sensor timing.
+
+Damaged bags are read up to the damage and on where the storage allows: an mcap cut short (a
+recorder killed before its footer) is read up to its last complete record, a directory whose
+metadata.yaml was never written is read from its one storage file, and an error in the middle
+(a corrupt sqlite page, an mcap chunk that fails its CRC) is noted and reading resumes after
+it. Readers take a `damage` list that collects one line per problem.
 """
 
 from __future__ import annotations
 
+import logging
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -16,7 +23,9 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 from rosbags.highlevel import AnyReader, AnyReaderError
 from rosbags.interfaces import Connection
-from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.rosbag2 import ReaderError, StoragePlugin, Writer
+from rosbags.rosbag2.reader import DirectoryReader
+from rosbags.rosbag2.storage_mcap import McapReader
 from rosbags.typesys import Stores, get_typestore
 
 from deltaworld_ros.io.images import (
@@ -43,8 +52,65 @@ _STORAGES: dict[str, StoragePlugin] = {
 }
 
 
+log = logging.getLogger(__name__)
+
+
 class MissingTopicError(LookupError):
     """A requested topic is not in the bag."""
+
+
+class _UnfinishedMcapReader(McapReader):
+    """rosbags' MCAP reader, which also reads a file whose footer or summary is missing or
+    broken (a recorder killed mid-write): every record up to the last complete one."""
+
+    unfinished = ""  # what was read of a file cut short, for the damage notes
+
+    def _open(self) -> None:
+        try:
+            super()._open()
+        except ReaderError:
+            if not self.data_start:  # not even the header is readable
+                raise
+            self._open_unfinished()
+
+    def _open_unfinished(self) -> None:
+        assert self.bio
+        for table in (self.schemas, self.channels, self.chunks, self.connections):
+            table.clear()
+        size, offset = self.bio.seek(0, 2), self.data_start
+        while offset + 9 <= size:  # records: opcode (1 byte), length (8), body
+            self.bio.seek(offset)
+            opcode, length = struct.unpack("<BQ", self.bio.read(9))
+            if opcode in (0x02, 0x0F) or offset + 9 + length > size:  # footer, data end, cut
+                break
+            offset += 9 + length
+        self.data_end = offset
+        self.unfinished = (
+            f"{self.path} ends without its summary and footer (a recording cut short): read "
+            f"its records up to byte {offset} of {size}"
+        )
+        self.meta_scan()
+        stats = self.statistics
+        assert stats
+        self.connections = [
+            c._replace(msgcount=stats.channel_message_counts.get(c.id, 0)) for c in self.connections
+        ]
+        count = stats.message_count
+        self.metadata = self.metadata._replace(
+            duration=stats.end_time - stats.start_time + 1 if count else 0,
+            start_time=stats.start_time if count else 2**63 - 1,
+            end_time=stats.end_time + 1 if count else 0,
+            message_count=count,
+        )
+
+    def messages(
+        self, connections: Collection[Connection], start: int | None = None,
+        stop: int | None = None,
+    ) -> Iterator[tuple[Connection, int, bytes]]:  # fmt: skip
+        """Without an index, in file order (rosbags insists on timestamp order there)."""
+        if self.unfinished:
+            return self.messages_scan(connections, start, stop)
+        return super().messages(connections, start, stop)
 
 
 def make_header(stamp: int, frame_id: str) -> Any:
@@ -176,14 +242,72 @@ class BagMessage(NamedTuple):
     msg: Any  # rosbags dataclass with the ROS field names
 
 
-def _open_reader(path: str | Path) -> AnyReader:
+def open_bag(path: str | Path) -> AnyReader:
+    """An (unopened) AnyReader that also reads unfinished recordings; see the module doc."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(
             f"no rosbag2 at {path}: pass the bag directory (with metadata.yaml) "
             "or its .mcap / .db3 file"
         )
-    return AnyReader([path], default_typestore=TYPESTORE)
+    if path.is_dir() and not (path / "metadata.yaml").exists():
+        storages = [*path.glob("*.mcap"), *path.glob("*.db3")]
+        if len(storages) == 1:  # the recorder died before writing metadata.yaml
+            log.warning("%s has no metadata.yaml; reading %s alone", path, storages[0].name)
+            path = storages[0]
+    reader = AnyReader([path], default_typestore=TYPESTORE)
+    for bag in reader.readers:  # rosbags picks its storage readers by class attributes
+        if isinstance(bag.storage, DirectoryReader):
+            bag.storage.STORAGE_PLUGINS = {**DirectoryReader.STORAGE_PLUGINS,
+                                           "mcap": _UnfinishedMcapReader}  # fmt: skip
+        elif isinstance(bag.storage, McapReader):
+            bag.storage = _UnfinishedMcapReader(bag.storage.path)
+    return reader
+
+
+def bag_messages(
+    reader: AnyReader, connections: list[Connection], damage: list[str] | None = None
+) -> Iterator[tuple[Connection, int, bytes]]:
+    """reader.messages(connections) that survives damage in the storage: each damaged place
+    is noted in `damage` (and logged), and reading resumes just after the last message read,
+    then ever further ahead (1 ns, 2 ns, 4 ns, ...) while the same place still fails."""
+    damage = [] if damage is None else damage
+    for storage in _storages(reader):
+        if isinstance(storage, _UnfinishedMcapReader) and storage.unfinished not in damage:
+            damage.append(storage.unfinished)
+    start: int | None = None
+    last: int | None = None  # log time of the last message read
+    failed_after: int | None | str = "never"  # `last` when the storage last failed
+    skip = 1
+    while True:
+        try:
+            for connection, log_time, raw in reader.messages(connections=connections, start=start):
+                last = log_time
+                yield connection, log_time, raw
+            return
+        except Exception as err:  # sqlite, mcap, zstd and lz4 each raise their own kinds
+            if last != failed_after:  # a new damaged place: retry just after the last read
+                failed_after, skip = last, 1
+                start = reader.start_time if last is None else last + 1
+                where = "at its start" if last is None else f"after log time {last} ns"
+                damage.append(f"bag {reader.paths[0]} is damaged {where}: "
+                              f"{type(err).__name__}: {err}")  # fmt: skip
+                log.warning("%s; reading on after it", damage[-1])
+            else:
+                start, skip = start + skip, skip * 2
+            if start >= reader.end_time:
+                damage.append(f"bag {reader.paths[0]}: nothing after log time {last} ns could "
+                              "be read")  # fmt: skip
+                log.warning(damage[-1])
+                return
+
+
+def _storages(reader: AnyReader) -> list[Any]:
+    """The storage readers (one per file) behind an AnyReader."""
+    storages = []
+    for bag in reader.readers:
+        storages += getattr(bag.storage, "storages", [bag.storage])
+    return storages
 
 
 def _connections(reader: AnyReader, topics: Iterable[str]) -> list[Connection]:
@@ -200,26 +324,46 @@ def _connections(reader: AnyReader, topics: Iterable[str]) -> list[Connection]:
 
 def bag_topics(path: str | Path) -> dict[str, str]:
     """Topic -> message type ('sensor_msgs/msg/Image') of every topic in the bag."""
-    with _open_reader(path) as reader:
+    with open_bag(path) as reader:
         return {c.topic: c.msgtype for c in reader.connections}
 
 
-def read_messages(path: str | Path, topics: Iterable[str] | None = None) -> Iterator[BagMessage]:
-    """Every message on `topics` (all when None), deserialized, in log-time order."""
-    with _open_reader(path) as reader:
+def message_count(path: str | Path, topic: str) -> int:
+    """Messages on `topic` by the bag's own count (metadata, or an unfinished file's scan)."""
+    with open_bag(path) as reader:
+        return sum(c.msgcount for c in reader.connections if c.topic == topic)
+
+
+def read_messages(
+    path: str | Path, topics: Iterable[str] | None = None, damage: list[str] | None = None
+) -> Iterator[BagMessage]:
+    """Every message on `topics` (all when None), deserialized, in log-time order; damaged
+    storage and messages that do not deserialize are skipped and noted in `damage`."""
+    damage = [] if damage is None else damage
+    unreadable = 0
+    with open_bag(path) as reader:
         connections = reader.connections if topics is None else _connections(reader, topics)
-        for connection, log_time, raw in reader.messages(connections=connections):
-            msg = reader.deserialize(raw, connection.msgtype)
+        for connection, log_time, raw in bag_messages(reader, connections, damage):
+            try:
+                msg = reader.deserialize(raw, connection.msgtype)
+            except (AnyReaderError, ValueError, IndexError, struct.error):
+                unreadable += 1
+                continue
             yield BagMessage(connection.topic, connection.msgtype, log_time, msg)
+    if unreadable:
+        damage.append(f"{unreadable} message(s) of {path} did not deserialize and were skipped")
 
 
-def read_images(path: str | Path, topic: str, labels: bool = False) -> Iterator[BagFrame]:
+def read_images(
+    path: str | Path, topic: str, labels: bool = False, damage: list[str] | None = None
+) -> Iterator[BagFrame]:
     """Decoded frames of one Image or CompressedImage topic, in log-time order.
 
     A message that cannot be decoded is yielded with image=None and the reason in `error`, so
-    a long replay survives one bad frame and the caller can count drops.
+    a long replay survives one bad frame and the caller can count drops; damage in the
+    storage is noted in `damage` (see bag_messages).
     """
-    with _open_reader(path) as reader:
+    with open_bag(path) as reader:
         image_topics = [c for c in reader.connections if c.msgtype in IMAGE_TYPES]
         connections = [c for c in reader.connections if c.topic == topic]
         if not connections:
@@ -231,7 +375,7 @@ def read_images(path: str | Path, topic: str, labels: bool = False) -> Iterator[
         if wrong := [c.msgtype for c in connections if c.msgtype not in IMAGE_TYPES]:
             raise ValueError(f"topic {topic} carries {wrong[0]}, not {IMAGE} or {COMPRESSED_IMAGE}")
         decode = decode_labels if labels else decode_image_message
-        for connection, log_time, raw in reader.messages(connections=connections):
+        for connection, log_time, raw in bag_messages(reader, connections, damage):
             try:
                 msg = reader.deserialize(raw, connection.msgtype)
             except (AnyReaderError, ValueError, IndexError, struct.error) as err:

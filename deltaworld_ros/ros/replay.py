@@ -10,6 +10,10 @@ frames that arrive faster than it forecasts are lost. `--rate R` plays at R x th
 rate and counts what was lost; `--fast` plays as fast as the node keeps up: a frame that the
 node will forecast (by its gate: one frame per forecast step of header time, after the
 warm-up) is followed by a wait for its forecast; a frame it will gate is sent without waiting.
+
+A damaged input bag is played up to the damage and on after it where the storage allows
+(io.bags); the recording is always closed into a readable bag with what was received, also
+on Ctrl-C and on errors, and its statistics say what was lost.
 """
 
 from __future__ import annotations
@@ -33,12 +37,18 @@ from rclpy.context import Context
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from rosbags.highlevel import AnyReader
 from rosgraph_msgs.msg import Clock
 from tqdm import tqdm
 
 from deltaworld_ros.evaluation.replay_eval import STATS_TOPIC, Gate
-from deltaworld_ros.io.bags import IMAGE_TYPES, TYPESTORE, ImageBagWriter
+from deltaworld_ros.io.bags import (
+    IMAGE_TYPES,
+    TYPESTORE,
+    ImageBagWriter,
+    bag_messages,
+    message_count,
+    open_bag,
+)
 from deltaworld_ros.io.images import stamp_ns
 from deltaworld_ros.ros.futures import parse_layout
 from deltaworld_ros.runtime.forecaster import ForecasterConfig
@@ -94,6 +104,8 @@ class ReplayStats:
     latency_s: list[float] = field(default_factory=list)  # publish -> forecast received
     messages_recorded: dict[str, int] = field(default_factory=dict)
     wall_s: float = 0.0
+    damage: list[str] = field(default_factory=list)  # what of the input bag could not be read
+    stopped_by: str | None = None  # "interrupted", or the error that ended the replay early
 
     def summary(self, options: ReplayOptions) -> dict[str, Any]:
         latency = np.array(self.latency_s) * 1e3
@@ -107,6 +119,8 @@ class ReplayStats:
             "round trip mean ms": float(latency.mean()) if len(latency) else None,
             "round trip p95 ms": float(np.percentile(latency, 95)) if len(latency) else None,
             "wall s": self.wall_s,
+            "input bag damage": self.damage,
+            "stopped by": self.stopped_by,
         }
 
 
@@ -199,11 +213,14 @@ def message_class(msgtype: str) -> type:
 
 def image_msgtype(bag: Path, topic: str) -> str:
     """The message type of the bag's image topic; ReplayError listing the image topics."""
-    with AnyReader([Path(bag)], default_typestore=TYPESTORE) as reader:
-        types = [c.msgtype for c in reader.connections if c.topic == topic]
-        images = [
-            f"{c.topic} ({c.msgtype})" for c in reader.connections if c.msgtype in IMAGE_TYPES
-        ]
+    try:
+        with open_bag(bag) as reader:
+            types = [c.msgtype for c in reader.connections if c.topic == topic]
+            images = [
+                f"{c.topic} ({c.msgtype})" for c in reader.connections if c.msgtype in IMAGE_TYPES
+            ]
+    except Exception as err:  # rosbags raises its own errors for unreadable storage
+        raise ReplayError(f"cannot read the bag {bag}: {type(err).__name__}: {err}") from err
     if not types or types[0] not in IMAGE_TYPES:
         raise ReplayError(
             f"{topic} is not an image topic of {bag}; its image topics are: "
@@ -213,10 +230,11 @@ def image_msgtype(bag: Path, topic: str) -> str:
 
 
 def read_frames(bag: Path, topic: str, msgtype: str, stats: ReplayStats) -> Iterator[_Frame]:
-    """The topic's messages as CDR bytes with their log time, header stamp and size."""
-    with AnyReader([Path(bag)], default_typestore=TYPESTORE) as reader:
+    """The topic's messages as CDR bytes with their log time, header stamp and size; what the
+    storage cannot give is noted in stats.damage."""
+    with open_bag(bag) as reader:
         connections = [c for c in reader.connections if c.topic == topic]
-        for _, log_ns, raw in reader.messages(connections=connections):
+        for _, log_ns, raw in bag_messages(reader, connections, stats.damage):
             try:
                 msg = reader.deserialize(raw, msgtype)
                 data = bytes(TYPESTORE.serialize_cdr(msg, msgtype))
@@ -244,26 +262,45 @@ def replay(options: ReplayOptions, domain_id: int | None = None) -> dict[str, An
     stats = ReplayStats()
     start = time.monotonic()
     try:
-        with ImageBagWriter(options.record, storage=options.storage) as writer:
-            recorder = Recorder(node, writer, options.futures_topic)
-            try:
-                _play(options, msgtype, node, recorder, stats)
-            except KeyboardInterrupt:
-                print("replay: interrupted; closing the recording as it is", file=sys.stderr)
-            stats.wall_s = time.monotonic() - start
-            with recorder.lock:
-                stats.messages_recorded = dict(recorder.counts)
-                summary = stats.summary(options) | {"recorded": stats.messages_recorded}
-                string = TYPESTORE.types["std_msgs/msg/String"](data=json.dumps(summary))
-                writer.write_raw_message(
-                    STATS_TOPIC, "std_msgs/msg/String", string, recorder.clock_ns
-                )
-                recorder.closed = True
+        writer = ImageBagWriter(options.record, storage=options.storage)
+        recorder = Recorder(node, writer, options.futures_topic)
+        try:
+            _play(options, msgtype, node, recorder, stats)
+        except KeyboardInterrupt:
+            stats.stopped_by = "interrupted"
+        except ReplayError:
+            raise  # nothing played: the message says what to check
+        except Exception as err:  # whatever ends the replay, the recording is kept
+            stats.stopped_by = f"{type(err).__name__}: {err}"
+        finally:
+            summary = _close_recording(recorder, writer, stats, options, start)
     finally:
         executor.shutdown()
         node.destroy_node()
         context.try_shutdown()
         spinner.join(timeout=5)
+    return summary
+
+
+def _close_recording(
+    recorder: Recorder,
+    writer: ImageBagWriter,
+    stats: ReplayStats,
+    options: ReplayOptions,
+    start: float,
+) -> dict[str, Any]:
+    """The statistics as the recording's last message, then its index and metadata.yaml."""
+    if stats.stopped_by:
+        print(f"replay: stopped ({stats.stopped_by}); closing the recording with what came "
+              "before", file=sys.stderr)  # fmt: skip
+    stats.wall_s = time.monotonic() - start
+    with recorder.lock:
+        recorder.closed = True
+        stats.messages_recorded = dict(recorder.counts)
+        summary = stats.summary(options) | {"recorded": stats.messages_recorded}
+        string = TYPESTORE.types["std_msgs/msg/String"](data=json.dumps(summary))
+        writer.write_raw_message(STATS_TOPIC, "std_msgs/msg/String", string, recorder.clock_ns)
+    writer.close()
     return summary
 
 
@@ -279,7 +316,7 @@ def _play(
     publisher = node.create_publisher(message_class(msgtype), topic, 10)
     clock = node.create_publisher(Clock, "/clock", 10)
     _wait_for_node(options, topic, publisher, recorder)
-    total = _count(options.bag, options.image_topic)
+    total = message_count(options.bag, options.image_topic)
     if options.max_frames is not None:
         total = min(total, options.max_frames)
     progress = tqdm(total=total, unit="frame", desc="replay", disable=not options.progress)
@@ -400,11 +437,6 @@ class _Pacer:
         return expect
 
 
-def _count(bag: Path, topic: str) -> int:
-    with AnyReader([Path(bag)], default_typestore=TYPESTORE) as reader:
-        return sum(c.msgcount for c in reader.connections if c.topic == topic)
-
-
 # --------------------------------------------------------------------------------------------
 # Command line.
 
@@ -474,4 +506,6 @@ def run(args: argparse.Namespace) -> int:
         f"({summary['mode']}), {summary['forecasts received']} forecasts received, "
         f"{summary['timeouts (fast)']} timeouts; messages per topic: {summary['recorded']}"
     )
-    return 0 if summary["forecasts received"] else 1
+    for note in summary["input bag damage"]:
+        print(f"replay: {note}", file=sys.stderr)
+    return 0 if summary["forecasts received"] and not summary["stopped by"] else 1
