@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bag-from-video": ("deltaworld_ros.io.video_bag", "turn a video file into a rosbag2"),
     "replay": ("deltaworld_ros.ros.replay", "play a bag into ROS and record the outputs"),
     "demo": ("deltaworld_ros.evaluation.demo", "the whole chain on the default model"),
+    "soak": ("deltaworld_ros.ros.fuzz", "forecast_node under hostile input: RSS and p99 drift"),
 }
 
 

@@ -126,7 +126,8 @@ def test_replay_plays_a_damaged_bag_and_closes_its_recording(
     sqlite_damaged_in_the_middle(bag)
     record = tmp_path / "record"
     args = ["replay", "--bag", str(bag), "--image-topic", TOPIC, "--record", str(record),
-            "--rate", "50", "--settle", "0.1", "--domain-id", str(domain), "--no-progress"]  # fmt: skip
+            "--rate", "50", "--settle", "0.1", "--domain-id", str(domain),
+            "--no-progress"]  # fmt: skip
     assert deltaworld(args) == 1  # played, but no node forecast anything
     assert "is damaged after log time" in capsys.readouterr().err
     (stats,) = [m.msg for m in read_messages(record) if m.topic == "/deltaworld/replay/stats"]

@@ -8,20 +8,30 @@ bytes that may happen to deserialize). The fuzz test throws thousands of them at
 
 from __future__ import annotations
 
+import argparse
 import functools
+import json
 import struct
+import tempfile
+import time
 import zlib
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.serialization import serialize_message
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from ..io.images import encode_compressed, encode_raw
+from ..io.images import encode_compressed, encode_raw, stamp_ns
+from ..model.store import default_model_dir
 from .diagnostics import DECODE_ERROR, NORMALISED, WRONG_SIZE
+from .harness import NodeProcess, Probe, domain_id, write_params
+from .node import OUTPUT_QOS, SENSOR_QOS
 
 NS = 1_000_000_000
 UNDESERIALIZABLE = "dropped: undeserializable"
@@ -303,3 +313,165 @@ class Hostile:
         cdr = self._cdr(transport, stamp)
         cdr[0:2] = self.rng.integers(0, 256, 2, np.uint8).tobytes()
         return Case("bad encapsulation", bytes(cdr), None)
+
+
+# --------------------------------------------------------------------------------------------
+# `deltaworld soak`: a long stream with hostile messages mixed in.
+
+
+def node_rss_kib(pid: int) -> int:
+    """Resident memory of a process (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def camera_counts(probe: Probe) -> dict[str, dict[str, str]]:
+    """The latest /diagnostics key/values of every camera status."""
+    counts: dict[str, dict[str, str]] = {}
+    for array in probe.received("/diagnostics"):
+        for status in array.status:
+            if status.name.startswith("deltaworld: camera "):
+                counts[status.name.removeprefix("deltaworld: camera ")] = {
+                    kv.key: kv.value for kv in status.values
+                }
+    return counts
+
+
+def soak(args: argparse.Namespace) -> dict[str, Any]:
+    """Frames at args.rate per camera, stamped with the wall clock, args.bad of them hostile;
+    RSS of the node and stamp-to-arrival latency of the forecasts, start vs end."""
+    model_dir = Path(args.model_dir) if args.model_dir else default_model_dir()
+    names = [f"cam{i}" for i in range(args.cameras)]
+    transports = {n: "compressed" if i % 2 else "raw" for i, n in enumerate(names)}
+    params = {
+        "model_dir": str(model_dir),
+        "cameras": names,
+        "num_hypotheses": args.num_hypotheses,
+        "horizon": args.horizon,
+        "diagnostics_period": 1.0,
+        **{f"cameras.{n}.transport": t for n, t in transports.items()},
+    }
+    hostile = Hostile(args.seed, args.size)
+    sent: dict[str, Counter] = {n: Counter() for n in names}
+    rss: list[int] = []  # node KiB, about once a second
+    domain = domain_id("soak")
+    with tempfile.TemporaryDirectory() as tmp:
+        files = [write_params(Path(tmp) / "soak.yaml", params)]
+        with NodeProcess(files, domain, Path(tmp) / "node.log") as node, Probe(domain) as probe:
+            probe.subscribe(DiagnosticArray, "/diagnostics")
+            publishers = {}
+            for n in names:
+                compressed = transports[n] == "compressed"
+                topic = f"{n}/image/compressed" if compressed else f"{n}/image"
+                kind = CompressedImage if compressed else Image
+                publishers[n] = probe.publisher(kind, topic, SENSOR_QOS)
+                probe.subscribe(Image, f"/deltaworld/{n}/futures", OUTPUT_QOS)
+
+            def publish_round(bad: float) -> None:
+                """One frame per camera, `bad` of them hostile, stamped with the wall clock."""
+                if not node.running():
+                    raise RuntimeError(f"forecast_node exited:\n{node.log()}")
+                for n in names:
+                    stamp = time.time_ns()
+                    if hostile.rng.random() < bad:
+                        case = hostile.case(transports[n], stamp)
+                        message, cause = case.message, case.cause or "unpredictable"
+                    else:
+                        message, cause = good_message(transports[n], args.size, stamp), "good"
+                    publishers[n].publish(message)
+                    sent[n][cause] += 1
+
+            deadline = time.monotonic() + args.startup_timeout
+            while not all(probe.received(f"/deltaworld/{n}/futures") for n in names):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no forecast within {args.startup_timeout} s:\n"
+                                       f"{node.log()}")  # fmt: skip
+                publish_round(0.0)
+                time.sleep(1 / args.rate)
+            for counts in sent.values():
+                counts.clear()  # the soak proper starts here
+            begin = time.time()
+            rounds, start = args.frames // args.cameras, time.monotonic()
+            for i in range(rounds):
+                publish_round(args.bad)
+                if i % max(1, int(args.rate)) == 0:  # about once a second
+                    rss.append(node_rss_kib(node.process.pid))
+                    print(f"soak: {(i + 1) * args.cameras}/{args.frames} stream-frames, node "
+                          f"RSS {rss[-1] / 1024:.1f} MiB", flush=True)  # fmt: skip
+                time.sleep(max(0.0, start + (i + 1) / args.rate - time.monotonic()))
+            time.sleep(2.5)  # the last forecasts and diagnostics
+            counts = camera_counts(probe)
+            futures = [
+                (arrived, stamp_ns(m.header))
+                for n in names
+                for arrived, m in probe.timed(f"/deltaworld/{n}/futures")
+                if stamp_ns(m.header) >= begin * 1e9
+            ]
+            code = node.interrupt()
+            log = node.log()
+    futures.sort(key=lambda f: f[1])
+    latency_ms = np.array([(arrived - stamp * 1e-9) * 1e3 for arrived, stamp in futures])
+    window = max(1, int(len(latency_ms) * args.window))
+    rss_window = max(1, int(len(rss) * args.window))
+    start_rss, end_rss = np.median(rss[:rss_window]), np.median(rss[-rss_window:])
+    start_p99 = float(np.percentile(latency_ms[:window], 99))
+    end_p99 = float(np.percentile(latency_ms[-window:], 99))
+    return {
+        "what": "forecast_node soaked with hostile input (deltaworld soak)",
+        "model_dir": str(model_dir),
+        "params": params,
+        "rate_hz_per_camera": args.rate,
+        "bad_fraction": args.bad,
+        "seed": args.seed,
+        "stream_frames_sent": sum(sum(c.values()) for c in sent.values()),
+        "sent_by_cause": {n: dict(c) for n, c in sent.items()},
+        "node_counters": counts,
+        "forecasts_received": len(futures),
+        "rss_mib": {
+            "start": round(start_rss / 1024, 1),
+            "end": round(end_rss / 1024, 1),
+            "max": round(max(rss) / 1024, 1),
+        },  # fmt: skip
+        "latency_p99_ms": {"start": round(start_p99, 2), "end": round(end_p99, 2)},
+        "window": f"first and last {args.window:.0%} of the forecasts / RSS samples",
+        "exit_code_after_sigint": code,
+        "traceback_in_log": "Traceback" in log,
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-dir", help="model directory (default: the embedded model)")
+    parser.add_argument("--frames", type=int, default=20000, help="stream-frames in all")
+    parser.add_argument("--cameras", type=int, default=2, help="cameras (raw, compressed, ...)")
+    parser.add_argument("--rate", type=float, default=10.0, help="frames per second per camera")
+    parser.add_argument("--bad", type=float, default=0.05, help="share of hostile messages")
+    parser.add_argument("--size", type=_size, default=(96, 128), help="HxW of the frames")
+    parser.add_argument("--num-hypotheses", "-K", type=int, default=8)
+    parser.add_argument("--horizon", "-T", type=int, default=3)
+    parser.add_argument("--window", type=float, default=0.1, help="start/end share compared")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--startup-timeout", type=float, default=120.0, help="s for the node")
+    parser.add_argument("--out", type=Path, help="JSON (default: benchmarks/soak-node.json)")
+
+
+def _size(text: str) -> tuple[int, int]:
+    h, w = (int(v) for v in text.lower().split("x"))
+    return h, w
+
+
+def run(args: argparse.Namespace) -> int:
+    result = soak(args)
+    out = args.out or Path("benchmarks") / "soak-node.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    rss, p99 = result["rss_mib"], result["latency_p99_ms"]
+    print(
+        f"{result['stream_frames_sent']} stream-frames ({args.bad:.0%} hostile), "
+        f"{result['forecasts_received']} forecasts; node RSS {rss['start']} -> {rss['end']} MiB "
+        f"(max {rss['max']}), p99 stamp-to-forecast {p99['start']} -> {p99['end']} ms; "
+        f"exit {result['exit_code_after_sigint']} after SIGINT -> {out}"
+    )
+    ok = result["exit_code_after_sigint"] == 0 and not result["traceback_in_log"]
+    return 0 if ok else 1
