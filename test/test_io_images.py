@@ -17,6 +17,7 @@ from deltaworld_ros.io.images import (
     encode_raw,
     stamp_ns,
 )
+from deltaworld_ros.ros.fuzz import jpeg_declaring, png_bomb, png_declaring
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, size=(5, 6, 3), dtype=np.uint8)
@@ -245,3 +246,33 @@ def test_decode_labels_refuses_colour_and_jpeg() -> None:
     jpeg = SimpleNamespace(format="jpeg", data=encode_compressed(RGB, "jpeg"))
     with pytest.raises(ImageDecodeError, match="lossy"):
         decode_labels(jpeg)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "payload"),
+    [
+        ("png", png_bomb(9000)),  # 79 KB, 81 megapixels: under Pillow's own bomb limit
+        ("png", png_declaring(30000)),
+        ("jpeg", jpeg_declaring(65000)),
+    ],
+)
+def test_a_decompression_bomb_is_refused_from_its_header(fmt: str, payload: bytes) -> None:
+    with pytest.raises(ImageDecodeError, match="pixels") as caught:
+        decode_compressed(fmt, payload)
+    assert caught.value.cause == "too large"
+
+
+def test_the_pixel_cap_is_the_callers() -> None:
+    png = encode_compressed(RGB, "png")
+    assert decode_compressed("png", png, max_pixels=30).shape == (5, 6, 3)
+    with pytest.raises(
+        ImageDecodeError, match="declares 6x5 = 30 pixels, more than the limit of 29"
+    ):
+        decode_compressed("png", png, max_pixels=29)
+    data, step = encode_raw(RGB, "rgb8")
+    with pytest.raises(ImageDecodeError, match="rgb8 image declares 6x5") as caught:
+        decode_raw("rgb8", 5, 6, step, data, max_pixels=29)
+    assert caught.value.cause == "too large"
+    with pytest.raises(ImageDecodeError, match="declares 40000x40000") as caught:
+        decode_raw("mono8", 40000, 40000, 40000, b"")  # refused before the data length
+    assert caught.value.cause == "too large"
