@@ -229,7 +229,7 @@ def test_settings_that_cannot_work_stop_the_node_with_one_line(
 
 
 def test_seeded_fuzz_of_every_malformed_kind(tmp_path, domain, model_dir):
-    """2,000 hostile messages from deltaworld_ros.ros.fuzz in 20 blocks, on a raw and a
+    """3,000 hostile messages from deltaworld_ros.ros.fuzz in 30 blocks, on a raw and a
     compressed camera: the node stays up, counts what it got by cause (never more than was
     sent of a cause), and after every block both cameras forecast good frames again."""
     hostile = Hostile(seed=14, size=SIZE)
@@ -246,7 +246,7 @@ def test_seeded_fuzz_of_every_malformed_kind(tmp_path, domain, model_dir):
             probe.subscribe(Image, f"/deltaworld/{name}/futures", OUTPUT_QOS)
         warm_up(node, probe, cameras)
         start = time.monotonic()
-        for _ in range(20):
+        for _ in range(30):
             for _ in range(100):
                 name = "raw" if hostile.rng.random() < 0.5 else "jpg"
                 camera = cameras[name]
