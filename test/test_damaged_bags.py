@@ -14,12 +14,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sensor_msgs.msg import Image
 
 from deltaworld_ros.cli import main as deltaworld
-from deltaworld_ros.io.bags import ImageBagWriter, message_count, read_images, read_messages
-from deltaworld_ros.ros.fuzz import moving_frame
+from deltaworld_ros.io.bags import (
+    COMPRESSED_IMAGE,
+    TYPESTORE,
+    ImageBagWriter,
+    make_header,
+    message_count,
+    read_images,
+    read_messages,
+)
+from deltaworld_ros.ros.fuzz import moving_frame, png_bomb
 from deltaworld_ros.ros.harness import LOCAL_DISCOVERY, Probe
 from deltaworld_ros.train.data import bag_store
 
@@ -156,3 +165,26 @@ def test_replay_interrupted_leaves_a_readable_recording(listener, domain, clean,
     summary = json.loads(stats.data)
     assert summary["stopped by"] == "interrupted"
     assert 3 <= summary["frames published"] < FRAMES
+
+
+def test_eval_drops_a_bomb_frame_and_reports_the_rest(model_dir, tmp_path, capsys):
+    """A PNG bomb among jpeg frames is one undecodable frame, not a traceback."""
+    bag = tmp_path / "bombed"
+    with ImageBagWriter(bag) as writer:
+        for i in range(20):
+            stamp = (i + 1) * 10**8
+            if i in (8, 9):
+                msg = TYPESTORE.types[COMPRESSED_IMAGE](
+                    header=make_header(stamp, "camera"), format="png",
+                    data=np.frombuffer(png_bomb(9000), np.uint8),
+                )  # fmt: skip
+                writer.write_raw_message(TOPIC, COMPRESSED_IMAGE, msg, stamp)
+            else:
+                writer.write_compressed(TOPIC, stamp, moving_frame((96, 128), stamp))
+    out = tmp_path / "report"
+    args = ["eval", "--bag", str(bag), "--image-topic", TOPIC, "--model", str(model_dir),
+            "--k", "2", "--t", "2", "--out", str(out), "--no-progress"]  # fmt: skip
+    assert deltaworld(args) == 0
+    frames = json.loads((out / "metrics.json").read_text())["frames"]
+    assert (frames["messages"], frames["undecodable"]) == (20, 2)
+    assert "Traceback" not in capsys.readouterr().err
