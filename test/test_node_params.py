@@ -16,7 +16,7 @@ from deltaworld_ros.ros.params import (
     CAMERA_SPECS,
     SPECS,
     ParameterError,
-    check_params_files,
+    check_arguments,
     declare_and_read,
     undeclared_overrides,
 )
@@ -77,6 +77,7 @@ def test_several_cameras_get_a_namespace_and_a_topic_each(read, tmp_path):
 
 @pytest.mark.parametrize("config", ["default.yaml", "robot.yaml", "vehicle.yaml"])
 def test_the_shipped_configs_are_valid_given_a_model(read, tmp_path, config):
+    check_arguments(["forecast_node", "--ros-args", "--params-file", str(ROOT / "config" / config)])
     settings, node = read({"model_dir": str(tmp_path)}, ROOT / "config" / config)
     assert undeclared_overrides(node) == []
     if config == "vehicle.yaml":
@@ -153,17 +154,28 @@ def test_command_line_values_of_the_right_type_win_and_integers_pass_for_numbers
     [
         (None, "cannot read the params file {file}: No such file or directory"),
         ("foo: [bar\n", "params file {file} is not valid YAML at line 2"),
-        ("- a\n- b\n", "params file {file} must map node names to their parameters"),
-        ("forecast_node: 3\n", "params file {file} must map node names to their parameters"),
+        ("- a\n- b\n", "params file {file}: the top level must map node names to their"),
+        ("forecast_node: 3\n", "params file {file}: forecast_node must map node names"),
+        ("/**:\n  ros__parameters: 5\n", "/** > ros__parameters must map parameter names"),
+        ("/**:\n  ros__parameters:\n    cameras: [a, 1]\n",
+         "cameras=['a', 1]: a list must hold values of one type"),
+        ("/**:\n  ros__parameters:\n    cameras:\n", "cameras has no value"),
     ],
-)
+)  # fmt: skip
 def test_a_params_file_rcl_cannot_read_is_one_line(tmp_path, text, message):
     file = tmp_path / "params.yaml"
     if text is not None:
         file.write_text(text)
     with pytest.raises(ParameterError) as caught:
-        check_params_files(["forecast_node", "--ros-args", "--params-file", str(file)])
+        check_arguments(["forecast_node", "--ros-args", "--params-file", str(file)])
     assert message.format(file=file) in str(caught.value)
+
+
+def test_a_command_line_value_rcl_cannot_read_is_one_line():
+    with pytest.raises(ParameterError, match=re.escape(
+        "parameter providers:=[cuda, 3] (from -p): providers=['cuda', 3]: a list must hold"
+    )):  # fmt: skip
+        check_arguments(["forecast_node", "--ros-args", "-p", "providers:=[cuda, 3]"])
 
 
 def test_unknown_parameters_are_reported(read, tmp_path):

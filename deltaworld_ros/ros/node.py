@@ -55,7 +55,7 @@ from .inputs import InputRejected, Received, SpacingCheck, receive
 from .params import (
     NodeSettings,
     ParameterError,
-    check_params_files,
+    check_arguments,
     declare_and_read,
     undeclared_overrides,
 )
@@ -359,7 +359,7 @@ def main(args: list[str] | None = None) -> int:
     argv = sys.argv if args is None else args
     logger = rclpy.logging.get_logger("forecast_node")
     try:
-        check_params_files(argv)
+        check_arguments(argv)
         rclpy.init(args=argv)
     except (ParameterError, RuntimeError) as err:  # rcl's RCLError is a RuntimeError
         logger.fatal(f"cannot start: {str(err).splitlines()[0]}")

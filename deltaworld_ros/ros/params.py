@@ -344,9 +344,9 @@ def command_line_values(argv: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def check_params_files(argv: list[str]) -> None:
-    """Every --params-file exists and is a YAML mapping, before rcl reads it (rcl's own
-    refusal is a multi-line error). ParameterError otherwise."""
+def check_arguments(argv: list[str]) -> None:
+    """Every --params-file exists and, like every -p value, has the shape rcl reads, before
+    rcl reads them (rcl's own refusal is a multi-line error). ParameterError otherwise."""
     for file in _option_values(argv, ("--params-file",)):
         try:
             body = yaml.safe_load(Path(file).read_text())
@@ -359,11 +359,49 @@ def check_params_files(argv: list[str]) -> None:
             line = f" at line {where.line + 1}" if where else ""
             problem = getattr(err, "problem", None) or err
             raise ParameterError(f"params file {file} is not valid YAML{line}: {problem}") from err
-        if not isinstance(body, dict) or not all(isinstance(v, dict) for v in body.values()):
-            raise ParameterError(
-                f"params file {file} must map node names to their parameters, e.g. "
-                "'/**: {ros__parameters: {num_hypotheses: 8}}'"
+        problem = _nodes_problem(body)
+        if problem is not None:
+            raise ParameterError(f"params file {file}: {problem}")
+    for name, text in command_line_values(argv):
+        problem = _value_problem(name, _yaml_value(text))
+        if problem is not None:
+            raise ParameterError(f"parameter {name}:={text} (from -p): {problem}")
+
+
+def _nodes_problem(body: Any, where: str = "") -> str | None:
+    """What in a params file's node levels rcl refuses: they must map names to mappings,
+    down to each node's ros__parameters."""
+    if not isinstance(body, dict):
+        return (
+            f"{where or 'the top level'} must map node names to their parameters, e.g. "
+            "'/**: {ros__parameters: {num_hypotheses: 8}}'"
+        )
+    for key, value in body.items():
+        if key == "ros__parameters":
+            if not isinstance(value, dict):
+                return f"{where} > ros__parameters must map parameter names to values"
+            problems = (_value_problem(name, v) for name, v in value.items())
+            if (problem := next((p for p in problems if p), None)) is not None:
+                return problem
+        elif (problem := _nodes_problem(value, f"{where} > {key}" if where else key)) is not None:
+            return problem
+    return None
+
+
+def _value_problem(name: str, value: Any) -> str | None:
+    """What rcl refuses in one value: a list of mixed types, a list of lists, no value."""
+    if isinstance(value, dict):  # a namespace of parameters in a file
+        problems = (_value_problem(f"{name}.{k}", v) for k, v in value.items())
+        return next((p for p in problems if p), None)
+    if value is None:
+        return f"{name} has no value"
+    if isinstance(value, list):
+        kinds = {type(v) for v in value}
+        if len(kinds) > 1 or kinds & {list, dict, type(None)}:
+            return (
+                f"{name}={value!r}: a list must hold values of one type (numbers, strings, bools)"
             )
+    return None
 
 
 def _option_values(argv: list[str], options: tuple[str, ...]) -> list[str]:
