@@ -140,12 +140,25 @@ def test_eval_exits_2_with_one_line(tampered, bag, tmp_path, capsys):
     assert expected in line
 
 
-@pytest.mark.parametrize("name", MANIFEST_LEVEL)
-def test_export_exits_with_one_line(name, model_dir, tmp_path):
+@pytest.fixture(params=MANIFEST_LEVEL)
+def tampered_manifest(request, model_dir, tmp_path) -> tuple[Path, str]:
+    """Tamperings that the commands which read weights, not graphs, meet too."""
+    tamper, expected = TAMPERINGS[request.param]
     copy = tmp_path / "model"
     shutil.copytree(model_dir, copy)
-    tamper, expected = TAMPERINGS[name]
     tamper(copy)
+    return copy, expected
+
+
+def test_export_exits_with_one_line(tampered_manifest, tmp_path):
+    model, expected = tampered_manifest
     with pytest.raises(SystemExit) as caught:
-        deltaworld(["export", "--model-dir", str(copy), "--out", str(tmp_path / "out")])
+        deltaworld(["export", "--model-dir", str(model), "--out", str(tmp_path / "out")])
     assert expected in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_demo_exits_2_with_one_line(tampered_manifest, tmp_path, capsys):
+    """(A graph tampering reaches the demo as the node's own one-line exit.)"""
+    model, expected = tampered_manifest
+    assert deltaworld(["demo", "--model", str(model), "--out", str(tmp_path / "demo")]) == 2
+    assert expected in one_line(capsys.readouterr().err)
