@@ -45,6 +45,18 @@ class TokenProbe:
         """Share of the copy-last error removed by decoding with the own token."""
         return 1 - self.own_error / max(self.copy_error, 1e-12)
 
+    @classmethod
+    def pooled(cls, probes: list[TokenProbe]) -> TokenProbe:
+        """The probe of the union of the pairs of several probes (pair-weighted means)."""
+        n = sum(p.pairs for p in probes)
+
+        def mean(field: str) -> float:
+            return sum(getattr(p, field) * p.pairs for p in probes) / n
+
+        return cls(
+            mean("own_error"), mean("swapped_error"), mean("copy_error"), mean("identity_error"), n
+        )
+
     def as_dict(self) -> dict[str, float]:
         return {
             "token_reliance": self.reliance,

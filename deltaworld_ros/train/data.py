@@ -121,6 +121,15 @@ def camera_for(index: int, vehicle_fraction: float) -> str:
     return "vehicle" if moving else "static"
 
 
+def clip_groups(store: FrameStore) -> np.ndarray:
+    """A name per clip of the store: its camera for the synth world, else the source kind."""
+    source = store.source
+    if source.get("kind") == "synth":
+        rank, size, share = source["rank"], source["world_size"], source["vehicle_fraction"]
+        return np.array([camera_for(rank + j * size, share) for j in range(len(store.clips))])
+    return np.full(len(store.clips), source.get("kind", "recording"))
+
+
 def render_clip(
     world_config: WorldConfig,
     seed: int,
