@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
+from test_eval import ignore_the_token
 
 from deltaworld_ros.evaluation import world as evaluate_world
 from deltaworld_ros.evaluation import world_results
@@ -104,13 +105,9 @@ def test_evaluate_world_writes_the_table_metrics_and_figure(tiny_model_dir, tmp_
     assert rows["seg head on the true features, mIoU"]["passed"] is False
 
 
-def ignore_the_token(model_dir, out_dir):
-    """A copy of the model whose DeltaTok decoder returns its input features: every token is
-    ignored and "no change" decodes to no change, whatever the rest of the weights."""
-    model = load_model(model_dir)
-    for block in model.tokenizer.decoder_blocks:
-        for scale in (block.layer_scale1, block.layer_scale2):
-            torch.nn.init.zeros_(scale.lambda1)
+def tokenless_copy(model_dir, out_dir):
+    """The model with its DeltaTok decoder made the identity (test_eval.ignore_the_token)."""
+    model = ignore_the_token(load_model(model_dir))
     manifest = read_manifest(model_dir)
     save_weights(model, out_dir)
     for name in manifest.files:
@@ -124,7 +121,7 @@ def ignore_the_token(model_dir, out_dir):
 def test_a_tokenizer_that_ignores_its_token_scores_as_copy_last(tiny_model_dir, tmp_path):
     """Known values: reliance 1 and identity ratio 0 on both cameras; all K hypotheses are the
     present features, so diversity is 0 and every forecast scores exactly as copy-last."""
-    model_dir = ignore_the_token(tiny_model_dir, tmp_path / "model")
+    model_dir = tokenless_copy(tiny_model_dir, tmp_path / "model")
     assert evaluate(tmp_path / "out", model_dir, "--seed-sets", "1", "--frames", "12") == 0
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     (seed_set,) = metrics["seed_sets"]

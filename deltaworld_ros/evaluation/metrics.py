@@ -63,19 +63,6 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float((ra * rb).sum() / denominator) if denominator > 0 else float("nan")
 
 
-def per_position_mode(classes: np.ndarray, num_classes: int) -> np.ndarray:
-    """(K, ...) class maps -> (...) the class most of the K maps give each position (the lowest
-    class id on a tie)."""
-    counts = np.stack([(classes == c).sum(0) for c in range(num_classes)])
-    return counts.argmax(0)
-
-
-def off_mode_share(classes: np.ndarray, num_classes: int) -> float:
-    """Share of the positions of K class maps (K, ...) whose class differs from the position's
-    mode over the K: 0 when the K agree, near 1 - 1/K when each says something else."""
-    return float((classes != per_position_mode(classes, num_classes)[None]).mean())
-
-
 def patch_majority(labels: np.ndarray, grid: tuple[int, int], num_classes: int) -> np.ndarray:
     """Label maps (..., H, W) -> (..., h, w): the majority class of each patch of the grid."""
     height, width = labels.shape[-2:]

@@ -24,6 +24,7 @@ from ..model.loading import load_module_file
 from ..model.probes import TokenProbe, partner_pairs, probe_tokens
 from ..model.store import default_model_dir, read_manifest
 from ..model.world_model import WorldModel
+from ..runtime.postprocess import disagreement
 from ..synth import AGENT_CLASSES, CLASS_NAMES, PALETTE, StreetWorld, WorldConfig
 from ..train.data import HELD_OUT_SEED_BASE, camera_for, render_clip
 from .metrics import (
@@ -31,7 +32,6 @@ from .metrics import (
     feature_error,
     iou_per_class,
     mean_iou,
-    off_mode_share,
     patch_majority,
 )
 from .world_results import (
@@ -376,7 +376,7 @@ def score_cases(
                 tally.branched_matrices[m] += confusion(pred[branched], tgt[branched], n_cls)
                 tally.branched_feature[m] += err[branched].tolist()
     patches = class_maps(model, f.sampled[:, :, -1], model.cfg.grid)  # (W, K, h, w)
-    off = np.array([off_mode_share(p, n_cls) for p in patches])
+    off = np.array([disagreement(p).mean() for p in patches])  # share off the mode
     tally.diversity_all += off.tolist()
     tally.diversity += off[branched].tolist()
     ious = {
