@@ -595,7 +595,8 @@ def save_figure(case: Case, path: Path, max_hypotheses: int = 6) -> None:
                 case.hypotheses[h, j],
                 f"hyp {h} (loss {case.losses[h]:.3f})" if j == steps - 1 else f"hyp {h}",
             )
-    decided = "\n".join(["decided after t+0:", *case.events[:5]])
+    events = case.events[:5] or ["none logged"]
+    decided = "\n".join(["agents decided after t+0:", *events])
     axes[3, 0].text(0, 0.5, decided, fontsize=8, va="center")
     fig.suptitle(
         f"held-out world {case.seed} ({case.camera} camera): {len(case.losses)} "

@@ -13,6 +13,13 @@ from typing import Any
 
 from ..model.probes import TokenProbe
 
+SHORT_LABELS = {
+    "copy_last": "copy-last",
+    "baseline": "baseline",
+    "feature_mean": "mean of K",
+    "best_of_k": "best-of-K",
+    "oracle": "oracle",
+}
 METHOD_LABELS = {  # HorizonScores field -> row label
     "copy_last": "copy-last (own segmentation of the present)",
     "baseline": "deterministic baseline",
@@ -336,11 +343,12 @@ def table_markdown(result: WorldEvaluation) -> str:
         row("patches off the per-patch mode of the K, %", lambda c: _percent(c.diversity)),
         row("... all cases, %", lambda c: _percent(c.diversity_all_cases)),
     ]
-    for method in ("copy_last", "baseline", "feature_mean", "best_of_k", "oracle"):
-        lines.append(row(f"mIoU, {method.replace('_', '-')}", branched_miou(method)))
+    for method, name in SHORT_LABELS.items():
+        lines.append(row(f"mIoU, {name}", branched_miou(method)))
     lines.append(row("coverage of the oracle, %", lambda c: _percent(c.coverage.oracle)))
-    for method in ("copy_last", "baseline", "feature_mean", "best_of_k"):
-        name = method.replace("_", "-")
+    for method, name in SHORT_LABELS.items():
+        if method == "oracle":
+            continue
         lines += [
             row(
                 f"coverage, {name}, %",
