@@ -137,7 +137,8 @@ class TokenizerStage(nn.Module):
         start = math.log(self.tokenizer.grid[0] * self.tokenizer.grid[1])
         return start * (1 - int(self.steps_done) / self.token_bias_steps)
 
-    def forward(self, y_prev: torch.Tensor, y_cur: torch.Tensor):
+    def forward(self, y_prev: torch.Tensor, y_cur: torch.Tensor, delta: torch.Tensor):
+        """delta (B,) bool: the pair is two frames of a stream (not an anchor nor identity)."""
         tok = self.tokenizer
         rescale = tok.sample_rope_rescale() if self.rope_rescale else 1.0
         bias = self.token_bias()
@@ -152,10 +153,11 @@ class TokenizerStage(nn.Module):
         change = (y_cur - y_prev).square().mean(-1)  # (B, N)
         target = torch.log1p(change / change.mean().clamp_min(1e-6))
         change_loss = F.mse_loss(self.change_head(z[:, 0]), target)
-        # tokens of two pairs of one stream must differ (per dimension, std >= 0.5): without
-        # this the token collapses to a per-stream constant that the decoder learns to ignore
-        d = z[0::2, 0] - z[1::2, 0]
-        spread = d.square().mean(0).div(2).add(1e-4).sqrt()
+        # the delta tokens of two pairs of one stream must differ (per dimension, std >= 0.5):
+        # without this the token collapses to a per-stream constant the decoder learns to ignore
+        both = delta[0::2] & delta[1::2]
+        d = (z[0::2, 0] - z[1::2, 0])[both]
+        spread = d.square().mean(0).div(2).add(1e-4).sqrt() if len(d) else z.new_ones(1)
         spread_loss = F.relu(0.5 - spread).mean()
         loss = reconstruction + self.change_weight * change_loss + self.spread_weight * spread_loss
         with torch.no_grad():
@@ -319,7 +321,7 @@ def pair_sampler(
         prev[kind < anchor_fraction] = black[0]
         identity = (kind >= anchor_fraction) & (kind < anchor_fraction + identity_fraction)
         prev[identity] = cur[identity]
-        return prev, cur
+        return prev, cur, kind >= anchor_fraction + identity_fraction
 
     return sample
 
