@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 CLASS_NAMES: tuple[str, ...] = (
-    "road",
+    "road",  # lane markings included: a few pixels wide, no 8-pixel patch resolves them
     "sidewalk",
-    "lane_marking",
     "building",
     "vegetation",
     "terrain",
@@ -16,10 +15,10 @@ CLASS_NAMES: tuple[str, ...] = (
     "cyclist",
     "pedestrian",
 )
-ROAD, SIDEWALK, LANE_MARKING, BUILDING, VEGETATION, TERRAIN, CAR, BUS, CYCLIST, PEDESTRIAN = range(
+ROAD, SIDEWALK, BUILDING, VEGETATION, TERRAIN, CAR, BUS, CYCLIST, PEDESTRIAN = range(
     len(CLASS_NAMES)
 )
-BACKGROUND_CLASSES: tuple[int, ...] = (ROAD, SIDEWALK, LANE_MARKING, BUILDING, VEGETATION, TERRAIN)
+BACKGROUND_CLASSES: tuple[int, ...] = (ROAD, SIDEWALK, BUILDING, VEGETATION, TERRAIN)
 AGENT_CLASSES: tuple[int, ...] = (CAR, BUS, CYCLIST, PEDESTRIAN)
 
 # Cityscapes colours where Cityscapes has the class; uint8 RGB, one row per class id.
@@ -27,7 +26,6 @@ PALETTE: np.ndarray = np.array(
     [
         (128, 64, 128),  # road
         (244, 35, 232),  # sidewalk
-        (255, 255, 255),  # lane_marking
         (70, 70, 70),  # building
         (107, 142, 35),  # vegetation
         (152, 251, 152),  # terrain

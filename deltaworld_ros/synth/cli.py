@@ -11,7 +11,8 @@ from tqdm import tqdm
 
 from deltaworld_ros.io.bags import ImageBagWriter
 
-from .world import StreetWorld, WorldConfig
+from .config import WorldConfig
+from .world import StreetWorld
 
 DEFAULT_START_S = 1_767_225_600  # 2026-01-01T00:00:00Z: header stamps look like a real recording
 
