@@ -9,6 +9,7 @@ from typing import Literal
 from .camera import CameraModel
 
 CameraMode = Literal["static", "vehicle"]
+MAX_PPM = 24.0  # large images (e.g. 480x640 for benchmarks) keep the layout raster < 100 MB
 
 
 @dataclass(frozen=True)
@@ -63,4 +64,4 @@ class WorldConfig:
         pixel is about one image pixel at any image size and camera height."""
         focal = (self.height / 2) / math.tan(math.radians(self.vfov_deg) / 2)
         centre_depth = self.camera_height_m / math.sin(math.radians(self.pitch_deg))
-        return focal / centre_depth
+        return min(focal / centre_depth, MAX_PPM)
