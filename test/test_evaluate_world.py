@@ -109,7 +109,7 @@ def test_evaluate_world_refuses_training_seeds(tiny_model_dir, tmp_path):
 
 
 def test_agent_iou_counts_only_agent_pixels_of_the_right_class():
-    car, ped, road = CLASS_NAMES.index("car"), CLASS_NAMES.index("pedestrian"), 0
+    car, ped, road = CLASS_NAMES.index("car"), CLASS_NAMES.index("person"), 0
     truth = np.array([[car, car, road, road]])
     assert evaluate_world.agent_iou(truth, truth) == 1.0
     assert evaluate_world.agent_iou(np.array([[car, ped, road, car]]), truth) == pytest.approx(

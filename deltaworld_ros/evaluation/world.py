@@ -40,8 +40,8 @@ COVERAGE = (
     "- turn or go straight, wait, cross, walk on, pull out - at a world tick after the last "
     "context frame and no later than the 3-step target frame), the fraction in which at least "
     f"one hypothesis has agent IoU >= {AGENT_IOU_THRESHOLD} at 3 steps. Agent IoU of a class "
-    "map = pixels where prediction and truth agree on an agent class (car, bus, cyclist, "
-    "pedestrian) / pixels where either says agent. Copy-last and the baseline have one "
+    "map = pixels where prediction and truth agree on an agent class (car, bus, person) "
+    "/ pixels where either says agent. Copy-last and the baseline have one "
     "hypothesis."
 )
 

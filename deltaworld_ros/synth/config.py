@@ -25,7 +25,7 @@ class WorldConfig:
     width: int = 128
     camera: CameraMode = "static"
     fps: float = 10.0
-    camera_height_m: float = 16.0
+    camera_height_m: float = 14.0
     pitch_deg: float = 75.0
     vfov_deg: float = 45.0
     stamp_jitter_s: float = 0.004

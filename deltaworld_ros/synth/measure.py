@@ -27,6 +27,7 @@ import numpy as np
 
 from .classes import AGENT_CLASSES, CLASS_NAMES
 from .config import WorldConfig
+from .sprites import BODIES
 from .world import StreetWorld
 
 SEED_BASE = 1_000_000_000  # held-out seeds, as evaluate-world uses
@@ -62,7 +63,6 @@ def measure_camera(
     area = patch * patch
     pixels = {k: 0 for k in AGENT_CLASSES}
     agents = {k: 0 for k in AGENT_CLASSES}
-    cls_of = {name: CLASS_NAMES.index(name) for name in ("car", "bus", "cyclist", "pedestrian")}
     full, cut = [], []
     diff_branched: list[np.ndarray] = []
     diff_all: list[np.ndarray] = []
@@ -78,8 +78,7 @@ def measure_camera(
             for k in AGENT_CLASSES:
                 pixels[k] += int((frame.labels == k).sum())
             for kind, *_ in world.agent_pixels():
-                k = cls_of[kind]
-                agents[k] += 1
+                agents[BODIES[kind].cls] += 1
             a, b = world.fork(2 * i), world.fork(2 * i + 1)
             diffs = []
             for _ in range(3):

@@ -8,7 +8,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .classes import BUS, CAR, CYCLIST, PEDESTRIAN
+from .classes import BUS, CAR, PERSON
 
 HEADING_BINS = 64
 
@@ -48,15 +48,15 @@ BODIES: dict[str, Body] = {
     ),
     "bus": Body(BUS, 10.0, 2.5, 3.2, np.array([(200, 40, 36), (230, 190, 40), (50, 110, 180)])),
     "cyclist": Body(
-        CYCLIST,
+        PERSON,
         1.8,
         0.7,
         1.7,
         np.array([(230, 60, 40), (40, 160, 220), (250, 210, 30), (60, 200, 90), (240, 240, 240)]),
-        drawn_scale=1.6,
+        drawn_scale=2.0,
     ),
     "pedestrian": Body(
-        PEDESTRIAN,
+        PERSON,
         0.6,
         0.9,
         1.7,
@@ -72,7 +72,7 @@ BODIES: dict[str, Body] = {
                 (240, 110, 150),
             ]
         ),
-        drawn_scale=2.0,
+        drawn_scale=2.4,
     ),
 }
 
