@@ -35,7 +35,7 @@ class CameraRig:
             ppm, view = self.config.ppm, self.view
             self.cam_x = (round((self.cam_x - view.east_max_m) * ppm) / ppm) + view.east_max_m
             self.cam_y = (round((self.cam_y - view.north_far_m) * ppm) / ppm) + view.north_far_m
-        else:  # over the eastbound lane, looking ahead-left over the road
+        else:  # driving east, the view centred just north of the road's centre line
             self.cam_x = rng.uniform(0, st.width_m)
             self.cam_y = st.main_y + centre_north - 2 + rng.uniform(-1, 1)
             self.cam_speed = rng.uniform(4, 8)
