@@ -28,8 +28,8 @@ class CameraRig:
         centre_north = model.height_m / math.tan(math.radians(model.pitch_deg))
         if self.config.camera == "static":  # the junction box and one of its corner blocks
             side_x, side_y = rng.choice((-1, 1), 2)
-            self.cam_x = st.junction_x(0) + side_x * rng.uniform(2, 6)
-            self.cam_y = st.main_y + centre_north + side_y * rng.uniform(2, 5)
+            self.cam_x = st.junction_x(0) + side_x * rng.uniform(1, 4)
+            self.cam_y = st.main_y + centre_north + side_y * rng.uniform(1, 4)
             self.cam_speed = 0.0
             # the crop on the raster grid, so that a small shake seldom rounds to a pixel jump
             ppm, view = self.config.ppm, self.view
