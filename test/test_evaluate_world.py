@@ -21,6 +21,7 @@ from deltaworld_ros.model.world_model import WorldModel
 from deltaworld_ros.synth import CLASS_NAMES, PALETTE
 from deltaworld_ros.train import cli
 from deltaworld_ros.train import stages as st
+from deltaworld_ros.train.data import SynthData
 
 
 def synth_head() -> HeadConfig:
@@ -201,7 +202,7 @@ def test_evaluate_world_refuses_training_seeds(tiny_model_dir, tmp_path):
 
 
 def test_agent_iou_counts_only_agent_pixels_of_the_right_class():
-    car, ped, road = CLASS_NAMES.index("car"), CLASS_NAMES.index("pedestrian"), 0
+    car, ped, road = CLASS_NAMES.index("car"), CLASS_NAMES.index("person"), 0
     truth = np.array([[car, car, road, road]])
     assert evaluate_world.agent_iou(truth, truth) == 1.0
     assert evaluate_world.agent_iou(np.array([[car, ped, road, car]]), truth) == pytest.approx(
@@ -216,7 +217,7 @@ def test_the_default_model_loads_like_a_published_one_and_its_manifest_checks_ou
     cfg = manifest.config
     assert cfg.head.class_names == CLASS_NAMES
     assert np.array_equal(np.array(cfg.head.palette, np.uint8), PALETTE)
-    assert cfg.frame_interval == pytest.approx(0.2)
+    assert cfg.frame_interval == pytest.approx(SynthData().frame_interval)
     prov = manifest.provenance
     assert prov["command"].startswith("deltaworld train")
     assert {"date", "seed", "data", "stages"} <= set(prov)

@@ -57,9 +57,9 @@ def stage_parts(name: str, setup, batch: int = 4):
     weights = st.class_weights(store.labels, cfg.head.num_classes)
     if name == "backbone":
         torch.manual_seed(1)  # the temporary probe's init
-        return st.BackboneStage(model.backbone, 10, weights), st.labelled_frames_sampler(
-            store, batch
-        )
+        return st.BackboneStage(
+            model.backbone, cfg.head.num_classes, weights
+        ), st.labelled_frames_sampler(store, batch)
     if name == "seg_head":
         return (
             st.SegHeadStage(model.seg_head, cfg.grid, weights),

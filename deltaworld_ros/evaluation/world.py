@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -185,10 +185,13 @@ def world_setup(manifest_provenance: dict[str, Any], cfg) -> tuple[WorldConfig, 
     """The world config, ticks per kept frame and camera mix the model was trained on."""
     data = manifest_provenance.get("data", {})
     h, w = cfg.image_size
-    fps = float(data.get("world", {}).get("fps", WorldConfig.fps))
-    stride = int(data.get("stride", max(1, round(cfg.frame_interval * fps))))
+    # the trained world's camera, density and nuisance; size and camera come from the model
+    known = {f.name for f in fields(WorldConfig)} - {"height", "width", "camera"}
+    trained = {k: v for k, v in data.get("world", {}).items() if k in known}
+    world = WorldConfig(height=h, width=w, **trained)
+    stride = int(data.get("stride", max(1, round(cfg.frame_interval * world.fps))))
     vehicle_fraction = float(data.get("vehicle_fraction", 0.5))
-    return WorldConfig(height=h, width=w, fps=fps), stride, vehicle_fraction
+    return world, stride, vehicle_fraction
 
 
 def seed_sets(first: int, sequences: int, sets: int) -> list[range]:

@@ -92,7 +92,7 @@ class SynthData:
 
     num_clips: int = 2400
     clip_length: int = 12  # kept frames per clip
-    stride: int = 2  # world ticks (1/fps) per kept frame: frame_interval = stride / fps
+    stride: int = 4  # world ticks (1/fps) per kept frame: frame_interval = stride / fps
     vehicle_fraction: float = 0.5  # share of clips seen from a moving car (the rest: static)
     burn_in: tuple[int, int] = (5, 60)  # ticks simulated before the first frame
     seed: int = 0  # training world seeds are seed * num_clips + i < HELD_OUT_SEED_BASE
