@@ -117,6 +117,7 @@ class TokenizerStage(nn.Module):
         rope_rescale: bool = False,
         token_bias_steps: int = 0,
         spread_weight: float = 0.0,
+        encoder_warmup_steps: int = 0,
     ) -> None:
         super().__init__()
         self.tokenizer = tokenizer
@@ -126,16 +127,20 @@ class TokenizerStage(nn.Module):
         # the decoder's attention bias towards the token: log(N) (the token weighs as much as
         # all patches together) at the start, linearly down to 0 after token_bias_steps
         self.token_bias_steps = token_bias_steps
+        # first the encoder alone learns tokens that predict the change map; a decoder trained
+        # from the start on uninformative tokens learns to ignore the token and never unlearns it
+        self.encoder_warmup_steps = encoder_warmup_steps
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))  # checkpointed
         c, n = tokenizer.cfg.hidden_size, tokenizer.grid[0] * tokenizer.grid[1]
         self.change_head = nn.Sequential(nn.Linear(c, 4 * c), nn.GELU(), nn.Linear(4 * c, n))
         init_weights(self.change_head)
 
     def token_bias(self) -> float:
-        if not self.training or int(self.steps_done) >= self.token_bias_steps:
+        step = int(self.steps_done) - self.encoder_warmup_steps
+        if not self.training or step >= self.token_bias_steps:
             return 0.0
         start = math.log(self.tokenizer.grid[0] * self.tokenizer.grid[1])
-        return start * (1 - int(self.steps_done) / self.token_bias_steps)
+        return start * (1 - max(step, 0) / self.token_bias_steps)
 
     def forward(self, y_prev: torch.Tensor, y_cur: torch.Tensor, delta: torch.Tensor):
         """delta (B,) bool: the pair is two frames of a stream (not an anchor nor identity)."""
@@ -144,8 +149,6 @@ class TokenizerStage(nn.Module):
         bias = self.token_bias()
         z = tok.encode(y_prev, y_cur, rescale)
         y_hat = tok.decode(z, y_prev, rescale, bias)
-        if self.training:
-            self.steps_done += 1
         error = log_cosh(y_hat - y_cur, dim=(-2, -1))  # (B,)
         copy = log_cosh(y_prev - y_cur, dim=(-2, -1)).detach()
         # identity pairs (no change) are weighed against the batch's typical change
@@ -159,7 +162,12 @@ class TokenizerStage(nn.Module):
         d = (z[0::2, 0] - z[1::2, 0])[both]
         spread = d.square().mean(0).div(2).add(1e-4).sqrt() if len(d) else z.new_ones(1)
         spread_loss = F.relu(0.5 - spread).mean()
-        loss = reconstruction + self.change_weight * change_loss + self.spread_weight * spread_loss
+        decoding = float(int(self.steps_done) >= self.encoder_warmup_steps or not self.training)
+        loss = (
+            decoding * reconstruction
+            + self.change_weight * change_loss
+            + self.spread_weight * spread_loss
+        )
         with torch.no_grad():
             own = (y_hat - y_cur).square().mean(dim=(-2, -1))
             m = len(z) // 2 * 2
@@ -172,6 +180,8 @@ class TokenizerStage(nn.Module):
                 "token_spread": spread.mean(),
                 "token_bias": torch.tensor(bias),
             }
+        if self.training:
+            self.steps_done += 1
         return loss, metrics
 
 
