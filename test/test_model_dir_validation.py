@@ -1,7 +1,8 @@
 """A model directory is validated as a whole at load: manifest schema and types, the config's
-sizes, every graph's inputs and outputs against the config, ONNX files that parse. Each
-tampering below keeps the sha256 check happy (the tampered file is re-hashed) and must end,
-for the node and every command that opens a model, in one line naming the file and the field.
+sizes and hash, every graph's inputs and outputs against the config, ONNX files that parse.
+Each tampering below but one keeps the sha256 checks happy (the tampered file or config is
+re-hashed) and must end, for the node and every command that opens a model, in one line
+naming the file and the field.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 
 from deltaworld_ros.cli import main as deltaworld
 from deltaworld_ros.io.bags import ImageBagWriter
-from deltaworld_ros.model.store import MANIFEST, ModelDirError, sha256
+from deltaworld_ros.model.store import MANIFEST, ModelDirError, config_sha256, sha256
 from deltaworld_ros.ros.harness import write_params
 from deltaworld_ros.ros.node import main as forecast_node
 from deltaworld_ros.runtime.engine import open_engine
@@ -31,7 +32,9 @@ def edit_manifest(change: Callable[[dict], object]) -> Callable[[Path], None]:
     return tamper
 
 
-def edit_config(path: str, value: object) -> Callable[[Path], None]:
+def edit_config(path: str, value: object, rehash: bool = True) -> Callable[[Path], None]:
+    """Set config.<path>; with `rehash`, config_sha256 is updated to match, as a deliberate
+    editor would."""
     *parents, key = path.split(".")
 
     def change(body: dict) -> None:
@@ -39,6 +42,8 @@ def edit_config(path: str, value: object) -> Callable[[Path], None]:
         for parent in parents:
             node = node[parent]
         node[key] = value
+        if rehash:
+            body["config_sha256"] = config_sha256(body["config"])
 
     return edit_manifest(change)
 
@@ -63,6 +68,10 @@ TAMPERINGS = {
     "config list of the wrong length": (
         edit_config("image_size", [64]),
         "manifest.json: config.image_size must be a list of 2 items, got [64]",
+    ),
+    "config edited after the model was written": (
+        edit_config("frame_interval", 0.5, rehash=False),
+        "manifest.json: config does not match its config_sha256",
     ),
     "config sizes that cannot build": (
         edit_config("context_length", 1),

@@ -1,9 +1,11 @@
 """A model directory: weights/ (+ onnx/ once exported) and a manifest.json that pins them.
 
-manifest.json = {"format", "config" (ModelConfig), "files" {relative path: sha256},
-"provenance" {...}}. The manifest is checked as a whole (its schema, the config's types and
-sizes) and every file against its hash before anything loads it; whatever is wrong is one
-ModelDirError naming the file and the field.
+manifest.json = {"format", "config" (ModelConfig), "config_sha256", "files" {relative path:
+sha256}, "provenance" {...}}. The manifest is checked as a whole (its schema, the config's
+types and sizes, the config against its own hash, so that an edit is caught like a changed
+file) and every file against its hash before anything loads it; whatever is wrong is one
+ModelDirError naming the file and the field. Manifests written before config_sha256 existed
+are read without that check.
 """
 
 from __future__ import annotations
@@ -25,6 +27,13 @@ FORMAT = "deltaworld-model/1"
 
 class ModelDirError(RuntimeError):
     """A model directory whose manifest is missing, unreadable, or does not match its files."""
+
+
+def config_sha256(config: dict[str, Any]) -> str:
+    """The hash of a config as JSON with sorted keys (the same for ModelConfig.to_dict() and
+    the dict read back from manifest.json)."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def sha256(path: Path) -> str:
@@ -58,7 +67,9 @@ def write_manifest(directory: str | Path, cfg: ModelConfig, provenance: dict[str
         if p.is_file() and p.name != MANIFEST
     }
     manifest = Manifest(directory, cfg, files, provenance)
-    body = {"format": FORMAT, "config": cfg.to_dict(), "files": files, "provenance": provenance}
+    config = cfg.to_dict()
+    body = {"format": FORMAT, "config": config, "config_sha256": config_sha256(config),
+            "files": files, "provenance": provenance}  # fmt: skip
     (directory / MANIFEST).write_text(json.dumps(body, indent=1) + "\n")
     return manifest
 
@@ -113,6 +124,12 @@ def _parse(directory: Path, path: Path, body: Any) -> Manifest:
         config.validate()
     except ValueError as err:
         raise ModelDirError(f"{path}: {err}") from err
+    pinned = body.get("config_sha256")
+    if pinned is not None and pinned != config_sha256(body["config"]):
+        raise ModelDirError(
+            f"{path}: config does not match its config_sha256 ({str(pinned)[:12]}...): it was "
+            "edited after the model was written; restore it, or retrain or re-export the model"
+        )
     return Manifest(directory, config, files, provenance)
 
 
