@@ -90,14 +90,18 @@ TAMPERINGS = {
 MANIFEST_LEVEL = [name for name in TAMPERINGS if "graph" not in name and "onnx" not in name]
 
 
-@pytest.fixture(params=list(TAMPERINGS))
-def tampered(request, model_dir, tmp_path) -> tuple[Path, str]:
-    """A copy of the tiny model with one tampering, and the text its error must hold."""
-    tamper, expected = TAMPERINGS[request.param]
+def tampered_copy(name: str, model_dir: Path, tmp_path: Path) -> tuple[Path, str]:
+    """A copy of the tiny model with tampering `name`, and the text its error must hold."""
+    tamper, expected = TAMPERINGS[name]
     copy = tmp_path / "model"
     shutil.copytree(model_dir, copy)
     tamper(copy)
     return copy, expected
+
+
+@pytest.fixture(params=list(TAMPERINGS))
+def tampered(request, model_dir, tmp_path) -> tuple[Path, str]:
+    return tampered_copy(request.param, model_dir, tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -152,11 +156,7 @@ def test_eval_exits_2_with_one_line(tampered, bag, tmp_path, capsys):
 @pytest.fixture(params=MANIFEST_LEVEL)
 def tampered_manifest(request, model_dir, tmp_path) -> tuple[Path, str]:
     """Tamperings that the commands which read weights, not graphs, meet too."""
-    tamper, expected = TAMPERINGS[request.param]
-    copy = tmp_path / "model"
-    shutil.copytree(model_dir, copy)
-    tamper(copy)
-    return copy, expected
+    return tampered_copy(request.param, model_dir, tmp_path)
 
 
 def test_export_exits_with_one_line(tampered_manifest, tmp_path):
