@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
+import platform
 import struct
 import tempfile
 import time
@@ -18,6 +20,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -420,6 +423,8 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     end_p99 = float(np.percentile(latency_ms[-window:], 99))
     return {
         "what": "forecast_node soaked with hostile input (deltaworld soak)",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
         "model_dir": str(model_dir),
         "params": params,
         "rate_hz_per_camera": args.rate,
