@@ -8,6 +8,7 @@ Every test ends with SIGINT, as Ctrl-C in a terminal: the node must exit 0, no t
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -349,6 +350,31 @@ def test_a_stamp_that_jumps_back_resets_that_cameras_history(tmp_path, domain, m
 
     assert values["reset: stamp went backwards"] == "1"
     assert 500 * NS < stamp(report) < 600 * NS  # stamped on the bag's clock, after the loop
+
+
+@pytest.mark.parametrize(
+    "signals", [(signal.SIGINT, signal.SIGINT), (signal.SIGTERM, signal.SIGTERM)], ids=str
+)
+def test_a_second_signal_while_stopping_still_ends_cleanly(tmp_path, domain, model_dir, signals):
+    """Ctrl-C twice, or a supervisor's signal to the whole process group after launch's own,
+    while frames keep arriving: the node finishes stopping and exits 0 without a traceback."""
+    params_file = write_params(tmp_path / "params.yaml", base_params(model_dir))
+    with NodeProcess([params_file], domain, tmp_path / "node.log") as node, Probe(domain) as probe:
+        probe.subscribe(Image, "/deltaworld/futures", OUTPUT_QOS)
+        camera = Camera(probe, "/image", "camera")
+        stream(node, [camera], lambda: len(probe.received("/deltaworld/futures")) >= 2,
+               START_TIMEOUT)  # fmt: skip
+        first, second = signals
+        node.send(first)
+        for _ in range(20):  # frames keep coming while it stops
+            camera.send()
+            time.sleep(0.005)
+            if _ == 1:
+                node.send(second)
+        code = node.wait(20)
+        log = node.log()
+    assert code == 0, f"exit code {code} after {first.name} + {second.name}:\n{log}"
+    assert "Traceback" not in log and "terminate called" not in log, log
 
 
 @pytest.mark.parametrize(

@@ -93,9 +93,12 @@ class NodeProcess:
 
     def interrupt(self, timeout: float = 15.0) -> int:
         """SIGINT, as Ctrl-C in a terminal; the exit code."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGINT)
+        self.send(signal.SIGINT)
         return self.process.wait(timeout)
+
+    def send(self, sig: signal.Signals) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
