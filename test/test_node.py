@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,15 +38,9 @@ START_TIMEOUT = 40.0  # s for the node to start and publish a first forecast
 
 
 @pytest.fixture(scope="session")
-def model_dir(tmp_path_factory) -> Path:
+def model_dir(tiny_model_dir) -> Path:
     """`deltaworld export --preset tiny`: ONNX graphs + manifest of a random-weight model."""
-    out = tmp_path_factory.mktemp("model") / "tiny"
-    subprocess.run(
-        [sys.executable, "-m", "deltaworld_ros.cli", "export", "--preset", "tiny", "--skip-check",
-         "--out", str(out)],
-        check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
-    return out
+    return tiny_model_dir
 
 
 @pytest.fixture

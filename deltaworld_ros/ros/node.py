@@ -21,6 +21,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.logging import get_logging_severity_from_string
 from rclpy.node import Node
 from rclpy.qos import (
     DurabilityPolicy,
@@ -363,8 +364,11 @@ class ForecastNode(Forecasting, Node):
 def read_settings(node: Node, sources: str) -> NodeSettings:
     """The node's parameters, declared and validated; names it does not know are logged."""
     settings = declare_and_read(node, sources)
+    if settings.log_level:
+        node.get_logger().set_level(get_logging_severity_from_string(settings.log_level))
     for name in undeclared_overrides(node):
         node.get_logger().warning(f"parameter {name!r} is not a forecast_node parameter")
+    node.get_logger().debug(f"settings: {settings}")
     return settings
 
 
