@@ -23,7 +23,7 @@ from std_msgs.msg import Header, String
 
 from deltaworld_ros.io.images import encode_compressed, stamp_ns
 from deltaworld_ros.ros import packing
-from deltaworld_ros.ros.futures import decode_float_image, decode_futures, untile
+from deltaworld_ros.ros.futures import decode_depth, decode_float_image, decode_futures, untile
 from deltaworld_ros.ros.harness import NodeProcess, Probe, domain_id, write_params
 from deltaworld_ros.ros.node import LAYOUT_QOS, OUTPUT_QOS, SENSOR_QOS
 
@@ -155,7 +155,8 @@ def test_outputs_have_the_documented_types_shapes_and_headers(tmp_path, domain, 
     /diagnostics, each with the source frame's header; SIGINT mid-stream exits 0."""
     with forecast_node(tmp_path, domain, base_params(model_dir)) as (node, probe):
         ns = "/deltaworld"
-        for topic in ("futures", "futures/confidence", "futures/uncertainty", "visualization"):
+        for topic in ("futures", "futures/confidence", "futures/uncertainty", "futures/depth",
+                      "visualization"):  # fmt: skip
             probe.subscribe(Image, f"{ns}/{topic}", OUTPUT_QOS)
         probe.subscribe(String, f"{ns}/futures/layout", LAYOUT_QOS)
         camera = Camera(probe, "/image", "camera_optical_frame")
@@ -163,7 +164,12 @@ def test_outputs_have_the_documented_types_shapes_and_headers(tmp_path, domain, 
         futures = probe.received(f"{ns}/futures")[0]  # its companions are surely in by now
         by_stamp = {
             topic: {stamp(m): m for m in probe.received(f"{ns}/{topic}")}
-            for topic in ("futures/confidence", "futures/uncertainty", "visualization")
+            for topic in (
+                "futures/confidence",
+                "futures/uncertainty",
+                "futures/depth",
+                "visualization",
+            )  # fmt: skip
         }
         layout = json.loads(probe.received(f"{ns}/futures/layout")[-1].data)
 
@@ -194,6 +200,12 @@ def test_outputs_have_the_documented_types_shapes_and_headers(tmp_path, domain, 
     assert (uncertainty.encoding, uncertainty.height, uncertainty.width) == ("32FC1", h, T * w)
     share = untile(decode_float_image(uncertainty), 1, T)
     assert np.all((share >= 0) & (share <= 1 - 1 / K + 1e-6))
+
+    depth_msg = by_stamp["futures/depth"][stamp(futures)]  # the tiny model has a depth head
+    assert depth_msg.header.frame_id == "camera_optical_frame" and depth_msg.encoding == "32FC1"
+    assert layout["depth"]["unit"] == "m"
+    depth = decode_depth(depth_msg, layout)
+    assert depth.shape == (K, T, h, w) and np.all(np.isfinite(depth)) and depth.min() > 0
 
     mosaic = by_stamp["visualization"][stamp(futures)]
     assert mosaic.encoding == "rgb8" and mosaic.header.frame_id == "camera_optical_frame"

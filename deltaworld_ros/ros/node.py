@@ -167,6 +167,9 @@ class Forecasting:
                     Image, f"{ns}/futures/uncertainty", OUTPUT_QOS
                 ),
                 "layout": self.create_publisher(String, f"{ns}/futures/layout", LAYOUT_QOS),
+                "depth": self.create_publisher(Image, f"{ns}/futures/depth", OUTPUT_QOS)
+                if self.forecaster.has_depth
+                else None,
                 "visualization": self.create_publisher(Image, f"{ns}/visualization", OUTPUT_QOS)
                 if settings.visualization
                 else None,
@@ -303,7 +306,8 @@ class Forecasting:
             self.get_logger().warning(text)
 
     def publish(self, forecast: Forecast, header: Header, rgb: np.ndarray) -> None:
-        """One forecast -> layout (when it changed), confidence, uncertainty, futures, mosaic."""
+        """One forecast -> layout (when it changed), confidence, uncertainty, depth, futures,
+        mosaic."""
         start = time.perf_counter()
         camera = forecast.stream_id
         publishers = self.publishers_[camera]
@@ -315,8 +319,10 @@ class Forecasting:
         messages += [
             (publishers["confidence"].publish, packing.confidence_message(forecast, header)),
             (publishers["uncertainty"].publish, packing.uncertainty_message(forecast, header)),
-            (publishers["futures"].publish, packing.futures_message(forecast, header)),
         ]
+        if publishers["depth"] is not None:
+            messages.append((publishers["depth"].publish, packing.depth_message(forecast, header)))
+        messages.append((publishers["futures"].publish, packing.futures_message(forecast, header)))
         if publishers["visualization"] is not None:
             mosaic = packing.visualization_message(forecast, rgb, self.palette, header)
             messages.append((publishers["visualization"].publish, mosaic))
@@ -348,6 +354,7 @@ class Forecasting:
             encoding=packing.class_encoding(forecast.classes.dtype),
             crop=self.settings.forecaster.crop,
             source_size=source_size,
+            depth=self.forecaster.has_depth,
         )
 
 
