@@ -25,6 +25,7 @@ from ..synth import CLASS_NAMES, PALETTE, StreetWorld, WorldConfig
 # World seeds of the training clips stay below this; evaluate-world draws its held-out
 # sequences from seeds at or above it (and their layouts are not in the training pool).
 HELD_OUT_SEED_BASE = 1_000_000_000
+CACHE_FORMAT = 2  # 2: with depth; a cache of another format is rendered again
 
 
 @dataclass
@@ -189,7 +190,8 @@ def cached_synth_store(
     spec: SynthData, cache_dir: Path, rank: int = 0, world_size: int = 1, progress: bool = True
 ) -> FrameStore:
     """synth_store, rendered once into `cache_dir` and reloaded from there afterwards."""
-    key = json.dumps([spec.describe(), rank, world_size], sort_keys=True, default=str)
+    key = json.dumps([spec.describe(), rank, world_size, CACHE_FORMAT], sort_keys=True,
+                     default=str)  # fmt: skip
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     path = Path(cache_dir) / f"synth-{digest}-r{rank}of{world_size}.npz"
     if path.is_file():
