@@ -210,7 +210,11 @@ def report_blocks(metrics: dict[str, Any], figures: dict[str, Path]) -> list[Blo
                 "table",
                 (
                     ["step", "scored"]
-                    + [f"{metric} {LINES[n][0]}" for metric in ("AbsRel", "RMSE m") for n in names],
+                    + [
+                        f"{metric} {name}"
+                        for metric in ("AbsRel", "RMSE m")
+                        for name in names.values()
+                    ],
                     [
                         [s["step"], s["scored"]]
                         + [
