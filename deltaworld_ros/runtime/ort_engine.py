@@ -199,6 +199,7 @@ def _trt_profiles(cfg, graph: str, max_batch: int) -> dict[str, str]:
         "predictor": {"queries": (1, d), "kv": ("L", c), "pos_q": (1,), "pos_k": ("L",)},
         "decoder": {"z": (1, c), "x": (n, c)},
         "head": {"y": (n, c)},
+        "depth": {"y": (n, c)},
     }[graph]
 
     def profile(batch: int, context: int) -> str:
