@@ -1,6 +1,7 @@
 """A robot: one camera, the published model with a VSPW-style head (config/robot.yaml).
 
-Every argument of forecast.launch.py passes through (image, model_dir, namespace, ...):
+config:= replaces robot.yaml; every other argument of forecast.launch.py passes through
+(image, model_dir, namespace, managed, ...):
 
     ros2 launch deltaworld_ros robot.launch.py image:=/camera/color/image_raw/compressed
 """
