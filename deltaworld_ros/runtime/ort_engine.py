@@ -18,7 +18,7 @@ from safetensors import safe_open
 
 from ..model.loading import weight_path
 from ..model.store import ModelDirError, read_manifest
-from .engine import GRAPHS, INPUTS, graph_file
+from .engine import GRAPHS, INPUTS, OPTIONAL_GRAPHS, graph_file
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,8 @@ class OrtEngine:
         for graph in GRAPHS:
             relative = graph_file(graph, precision)
             if not manifest.has(relative):
-                if graph == "head" and not self.config.head.num_classes:
+                headless = graph == "head" and not self.config.head.num_classes
+                if headless or graph in OPTIONAL_GRAPHS:
                     continue
                 hint = " --fp16" if precision == "fp16" else ""
                 raise ModelDirError(
@@ -170,6 +171,9 @@ class OrtEngine:
     def head(self, y: np.ndarray) -> np.ndarray:
         return self._run("head", y)
 
+    def depth(self, y: np.ndarray) -> np.ndarray:
+        return self._run("depth", y)
+
 
 def session_options(threads: int | None) -> ort.SessionOptions:
     options = ort.SessionOptions()
@@ -195,6 +199,7 @@ def _trt_profiles(cfg, graph: str, max_batch: int) -> dict[str, str]:
         "predictor": {"queries": (1, d), "kv": ("L", c), "pos_q": (1,), "pos_k": ("L",)},
         "decoder": {"z": (1, c), "x": (n, c)},
         "head": {"y": (n, c)},
+        "depth": {"y": (n, c)},
     }[graph]
 
     def profile(batch: int, context: int) -> str:

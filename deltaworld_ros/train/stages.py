@@ -1,9 +1,11 @@
-"""The five training stages of a model: what each one trains, on what batches, with which loss.
+"""The training stages of a model: what each one trains, on what batches, with which loss.
 
 (a) backbone   a small DINOv3 ViT learns the world's labels through a temporary linear head
                that predicts the classes of 2x2-pixel cells of each patch (so features keep
                sub-patch layout); then it is frozen and plays the vision foundation model.
 (b) seg_head   the published SegHead (BatchNorm + 1x1 conv) on the frozen features.
+(b') depth_head the published DepthHead (BatchNorm + 1x1 conv over 256 depth bins) on the
+               frozen features, L1 of log depth against the world's depth (synth data only).
 (c) tokenizer  DeltaTok on feature pairs (y_prev, y_cur) with random time strides (and some
                black -> frame anchor pairs), log-cosh loss, RoPE rescale augmentation.
 (d) world      DeltaWorld best-of-many on offline-tokenised clips (anchor + deltas) at their
@@ -14,23 +16,25 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..model.config import ModelConfig
 from ..model.deltatok import DeltaTok, log_cosh
 from ..model.deltaworld import DeltaWorld
 from ..model.dinov3 import DINOv3
-from ..model.heads import SegHead, to_grid
+from ..model.heads import DepthHead, SegHead, to_grid
 from ..model.probes import TokenProbe, partner_pairs, probe_tokens
 from ..model.world_model import WorldModel
 from .data import FrameStore
 
-STAGES = ("backbone", "seg_head", "tokenizer", "world", "baseline")
+STAGES = ("backbone", "seg_head", "depth_head", "tokenizer", "world", "baseline")
 LABEL_STAGES = ("backbone", "seg_head")
+DEPTH_STAGE = "depth_head"  # runs where the data has depth (the synth world)
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> None:
@@ -95,6 +99,35 @@ class SegHeadStage(nn.Module):
         logits = self.head(features, self.grid, labels.shape[-2:])
         loss = F.cross_entropy(logits, labels, weight=self.weights)
         return loss, {"pixel_acc": (logits.argmax(1) == labels).float().mean()}
+
+
+class DepthHeadStage(nn.Module):
+    """The published DepthHead on frozen features: L1 of log depth between the prediction
+    (upsampled bilinearly) and the target clamped to the head's range, over pixels with depth."""
+
+    def __init__(self, head: DepthHead, grid: tuple[int, int]) -> None:
+        super().__init__()
+        self.head = head
+        self.grid = grid
+
+    def forward(self, features: torch.Tensor, depth: torch.Tensor):
+        pred = self.head(features, self.grid)  # (B, 1, h, w) metres
+        pred = F.interpolate(pred, size=depth.shape[-2:], mode="bilinear", align_corners=False)
+        valid = torch.isfinite(depth) & (depth > 0)
+        target = depth[valid].clamp(self.head.bins[0], self.head.bins[-1])
+        pred = pred[:, 0][valid]
+        loss = (pred.log() - target.log()).abs().mean()
+        return loss, {"abs_rel": ((pred - target).abs() / target).mean().detach()}
+
+
+def add_depth_head(model: WorldModel) -> ModelConfig:
+    """Give a model without one a freshly initialised DepthHead; its config says so."""
+    cfg = model.cfg
+    model.cfg = replace(cfg, head=replace(cfg.head, with_depth=True))
+    head = cfg.head
+    model.depth_head = DepthHead(cfg.token_size, head.depth_bins, head.min_depth, head.max_depth)
+    init_weights(model.depth_head)
+    return model.cfg
 
 
 class TokenizerStage(nn.Module):
@@ -297,6 +330,16 @@ def feature_label_sampler(store: FrameStore, features: torch.Tensor, batch_size:
     def sample(generator: torch.Generator):
         idx = _randint(generator, len(features), batch_size)
         return features[idx], torch.from_numpy(store.labels[idx]).long()
+
+    return sample
+
+
+def feature_depth_sampler(store: FrameStore, features: torch.Tensor, batch_size: int):
+    """Random frames' frozen features (B, N, C) and depth (B, H, W) float32 metres."""
+
+    def sample(generator: torch.Generator):
+        idx = _randint(generator, len(features), batch_size)
+        return features[idx], torch.from_numpy(store.depth[idx].astype(np.float32))
 
     return sample
 
