@@ -179,8 +179,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument(
         "--candidates",
         type=int,
-        default=64,
-        help="best-of-many noise candidates per target (paper: 256; default 64)",
+        default=128,
+        help="best-of-many noise candidates per target (paper: 256; default 128)",
     )
     train.add_argument(
         "--horizon",
@@ -301,8 +301,9 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     model = WorldModel(cfg)
     baseline = _baseline(cfg)
-    for module in (model.backbone, model.tokenizer, model.world, baseline, model.seg_head):
+    for module in (model.backbone, model.world, baseline, model.seg_head):
         st.init_weights(module)
+    st.init_weights(model.tokenizer, std=None)  # the token must cross its layers from step 0
     if init_dir is not None:
         from ..model.store import load_model
 
@@ -454,9 +455,13 @@ def _stage(name, model, baseline, cfg, store, s, features, tokens, black, weight
             st.feature_depth_sampler(store, features, s.batch_size),
         )
     if name == "tokenizer":
-        return st.TokenizerStage(model.tokenizer), st.pair_sampler(
-            store, features, black, s.batch_size
+        stage = st.TokenizerStage(
+            model.tokenizer,
+            change_weight=2.0,
+            encoder_warmup_steps=int(0.12 * s.steps),
+            token_bias_steps=int(0.28 * s.steps),
         )
+        return stage, st.pair_sampler(store, features, black, s.batch_size)
     world = model.world if name == "world" else baseline
     return (
         st.WorldStage(world, args.candidates),
