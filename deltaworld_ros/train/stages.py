@@ -367,6 +367,7 @@ def pair_sampler(
         cur = features[torch.from_numpy(store.clips[clip, start + stride])]
         prev = features[torch.from_numpy(store.clips[clip, start])]
         kind = torch.rand(batch_size, generator=generator)
+        kind[:2] = 1.0  # one pair of frame pairs at least: the reliance metric is defined
         prev[kind < anchor_fraction] = black[0]
         identity = (kind >= anchor_fraction) & (kind < anchor_fraction + identity_fraction)
         prev[identity] = cur[identity]
