@@ -79,9 +79,11 @@ def test_streaming_equals_the_reference_offline_rollout(engine, clip, fixture_ar
         )
 
 
-def test_sliding_window_reencodes_the_anchor_for_the_oldest_frame(engine, tiny_model, clip):
+@pytest.mark.parametrize("ahead", [False, True], ids=["inline", "encoded-ahead"])
+def test_sliding_window_reencodes_the_anchor_for_the_oldest_frame(engine, tiny_model, clip, ahead):
     """At frame 4 with a 3-frame window the context is [encode(black, y2), encode(y2, y3),
-    encode(y3, y4)]: exactly the offline rollout of the clip that starts at frame 2."""
+    encode(y3, y4)]: exactly the offline rollout of the clip that starts at frame 2, whether
+    the anchor was encoded inline or ahead, after the previous forecast."""
     frames, stamps = clip
     forecaster = make(engine, keep_features=True)
     rng = np.random.default_rng(3)
@@ -90,6 +92,10 @@ def test_sliding_window_reencodes_the_anchor_for_the_oldest_frame(engine, tiny_m
     for t in range(5):
         override = {"cam": StreamOverrides(queries=queries, future_stamps=future)}
         result = forecaster.process([frame("cam", stamps[0, t], frames[0, t])], override)[0]
+        if ahead:
+            spent = forecaster.encode_ahead()
+            assert (spent > 0) == (t >= 2), "only a full window has an anchor to encode ahead"
+            assert forecaster.encode_ahead() == 0.0, "nothing twice"
     assert result.history_length == 3
     with torch.no_grad():
         window = torch.from_numpy(frames[0, 2:5].transpose(0, 3, 1, 2).copy())

@@ -290,7 +290,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--providers", default="tensorrt,cuda,cpu",
                         help="onnxruntime providers in order of preference")  # fmt: skip
     parser.add_argument("--strict", action="store_true", help="fail unless every provider runs")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "fp16", "int8", "bf16"),
+        help="int8: the decoder of `deltaworld export --int8` (onnxruntime)",
+    )
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
     parser.add_argument("--threads", type=int, help="intra-op threads (default: the runtime's)")
     parser.add_argument("--k", type=int, default=8, help="hypotheses K")

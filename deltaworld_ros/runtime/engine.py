@@ -28,9 +28,17 @@ OUTPUTS = {"backbone": "y", "encoder": "z", "predictor": "z_hat", "decoder": "y_
 CONTEXT_INPUTS = ("kv", "pos_k")  # the predictor's inputs whose axis 1 is the context length
 
 
+INT8_GRAPHS = ("decoder",)  # quantized by `deltaworld export --int8`; the rest stay float32
+
+
 def graph_file(graph: str, precision: str = "fp32") -> str:
-    """Path of a graph inside a model directory: onnx/<graph>.onnx, onnx/fp16/<graph>.onnx."""
-    return f"onnx/fp16/{graph}.onnx" if precision == "fp16" else f"onnx/{graph}.onnx"
+    """Path of a graph inside a model directory: onnx/<graph>.onnx, onnx/fp16/<graph>.onnx,
+    onnx/int8/decoder.onnx (the other graphs of the int8 precision are the float32 ones)."""
+    if precision == "fp16":
+        return f"onnx/fp16/{graph}.onnx"
+    if precision == "int8" and graph in INT8_GRAPHS:
+        return f"onnx/int8/{graph}.onnx"
+    return f"onnx/{graph}.onnx"
 
 
 class Engine(Protocol):
@@ -38,7 +46,7 @@ class Engine(Protocol):
     backend: str  # "onnxruntime" or "torch"
     providers: dict[str, str]  # graph -> the provider / device it really runs on
     learned_query: np.ndarray | None  # (D,) for the deterministic baseline, else None
-    precision: str  # "fp32", "fp16" or "bf16"
+    precision: str  # "fp32", "fp16", "int8" (onnxruntime) or "bf16" (torch)
 
     def backbone(self, pixels: np.ndarray) -> np.ndarray:
         """(B, 3, H, W) float32 pixel values 0..255 -> features y (B, N, C)."""
@@ -69,7 +77,7 @@ def open_engine(
 ) -> Engine:
     """An engine on a verified model directory.
 
-    onnxruntime: `providers` (default tensorrt, cuda, cpu), `strict`, `precision` fp32|fp16,
+    onnxruntime: `providers` (default tensorrt, cuda, cpu), `strict`, `precision` fp32|fp16|int8,
     `threads`. torch: `device` cpu|cuda[:i], `precision` fp32|fp16|bf16 (autocast), `threads`.
     """
     if backend == "onnxruntime":

@@ -7,6 +7,10 @@ frame of the window followed by the cached frame-to-frame deltas:
     [encode(black, y_{t-L+1}), encode(y_{t-L+1}, y_{t-L+2}), ..., encode(y_{t-1}, y_t)]
 at the frames' header times relative to the window (RoPE only sees differences).
 All streams and hypotheses go through each graph in one batched call.
+
+The anchor that the next frame will need (encode(black, the second-oldest frame) once the window
+is full) does not depend on that frame: `encode_ahead()` computes it after a forecast has been
+published, which takes its time off the latency of the next one.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from PIL import Image
 
 from .engine import Engine
 from .postprocess import bilinear_matrix, disagreement, kernel_density_confidence
+from .threads import single_threaded_blas
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,7 @@ class _Window:
     features: deque = field(default_factory=deque)
     deltas: deque = field(default_factory=deque)
     anchor: np.ndarray | None = None  # encode(black, oldest frame); None when stale
+    next_anchor: np.ndarray | None = None  # encode(black, second-oldest), from encode_ahead
 
 
 @dataclass
@@ -144,7 +150,31 @@ class Forecaster:
         """One batched step over the given frames; None where a frame was gated or the
         stream is still warming up. A malformed frame raises ValueError before any state
         changes."""
-        overrides = overrides or {}
+        with single_threaded_blas():
+            return self._process(frames, overrides or {})
+
+    def encode_ahead(self) -> float:
+        """Encode now the anchors that the next kept frame of each full window will need;
+        seconds spent. Optional: without it the next `process` encodes them itself."""
+        windows = [
+            w
+            for camera in self._cameras.values()
+            for w in camera.windows
+            if len(w.features) == self.context_length >= 2 and w.next_anchor is None
+        ]
+        if not windows:
+            return 0.0
+        start = time.perf_counter()
+        with single_threaded_blas():
+            black = np.repeat(self._black[None], len(windows), 0)
+            tokens = self.engine.encode(black, np.stack([w.features[1] for w in windows]))
+        for window, token in zip(windows, tokens[:, 0], strict=True):
+            window.next_anchor = token
+        return time.perf_counter() - start
+
+    def _process(
+        self, frames: Sequence[FrameInput], overrides: dict[str, StreamOverrides]
+    ) -> list[Forecast | None]:
         timings: Counter = Counter()
         start = time.perf_counter()
         crops = [self._crops(frame) for frame in frames]
@@ -271,7 +301,7 @@ class Forecaster:
                 window.stamps.popleft()
                 window.features.popleft()
                 window.deltas.popleft()
-                window.anchor = None
+                window.anchor, window.next_anchor = window.next_anchor, None
             if window.anchor is None:
                 xs.append(self._black)
                 ys.append(window.features[0])

@@ -16,8 +16,7 @@ import numpy as np
 import onnxruntime as ort
 from safetensors import safe_open
 
-from ..model.loading import weight_path
-from ..model.store import ModelDirError, read_manifest
+from ..model.store import ModelDirError, read_manifest, weight_path
 from .engine import GRAPHS, INPUTS, graph_file
 
 log = logging.getLogger(__name__)
@@ -61,8 +60,8 @@ class OrtEngine:
         device_id: int = 0,
         max_batch: int = 64,
     ) -> None:
-        if precision not in ("fp32", "fp16"):
-            raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
+        if precision not in ("fp32", "fp16", "int8"):
+            raise ValueError(f"precision must be 'fp32', 'fp16' or 'int8', got {precision!r}")
         manifest = read_manifest(model_dir, verify=True)  # every file matches its sha256
         self.config = manifest.config
         self.precision = precision
@@ -81,12 +80,13 @@ class OrtEngine:
                         wanted)  # fmt: skip
         self.sessions: dict[str, ort.InferenceSession] = {}
         self.providers: dict[str, str] = {}
+        self.files: dict[str, str] = {}  # graph -> its file in the model dir
         for graph in GRAPHS:
             relative = graph_file(graph, precision)
             if not manifest.has(relative):
                 if graph == "head" and not self.config.head.num_classes:
                     continue
-                hint = " --fp16" if precision == "fp16" else ""
+                hint = {"fp16": " --fp16", "int8": " --int8"}.get(precision, "")
                 raise ModelDirError(
                     f"{self.model_dir} has no {relative} in its manifest; export the graphs "
                     f"with `deltaworld export --model-dir {self.model_dir}{hint}`"
@@ -110,6 +110,7 @@ class OrtEngine:
                 wanted = [p for p in wanted if p in got]
             self.sessions[graph] = session
             self.providers[graph] = got[0]
+            self.files[graph] = relative
             log.info("%s: %s on %s (%s)", graph, relative, got[0], precision)
         self.learned_query = self._learned_query()
 
