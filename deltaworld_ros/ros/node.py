@@ -182,7 +182,7 @@ class ForecastNode(Node):
         )
         self.get_logger().info(
             f"forecasting K={settings.forecaster.num_hypotheses} x T={settings.forecaster.horizon}"
-            f" with {model.name} on {self.engine.backend} {self.engine.providers}: {topics}"
+            f" with {model.name}, {self.engine.placement}: {topics}"
         )
 
     def on_image(self, camera: str, msg: Image | CompressedImage) -> None:

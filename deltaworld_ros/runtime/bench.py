@@ -102,6 +102,7 @@ class CountingEngine:
         self.config = engine.config
         self.backend = engine.backend
         self.providers = engine.providers
+        self.placement = engine.placement
         self.learned_query = engine.learned_query
         self.precision = engine.precision
         self.flops: dict[str, int] = dict.fromkeys(GRAPHS, 0)

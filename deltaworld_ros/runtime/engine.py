@@ -45,6 +45,7 @@ class Engine(Protocol):
     config: ModelConfig
     backend: str  # "onnxruntime" or "torch"
     providers: dict[str, str]  # graph -> the provider / device it really runs on
+    placement: str  # one line: runtime, where it runs, and why other providers were skipped
     learned_query: np.ndarray | None  # (D,) for the deterministic baseline, else None
     precision: str  # "fp32", "fp16", "int8" (onnxruntime) or "bf16" (torch)
 

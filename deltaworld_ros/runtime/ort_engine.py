@@ -1,8 +1,10 @@
 """The ONNX Runtime backend of the Engine: one session per exported graph of a model dir.
 
-ONNX Runtime silently drops an execution provider that fails to initialise (missing CUDA
-libraries, no GPU) and runs on the CPU. This engine reads back what every session really got,
-logs it, and with `strict=True` refuses to run anywhere but where it was asked to.
+ONNX Runtime drops an execution provider that fails to initialise (missing CUDA libraries, no
+GPU) and runs on the CPU, loudly. This engine probes the providers quietly first
+(providers.py), logs one line with the provider chosen and why the others were skipped, reads
+back what every session really got, and with `strict=True` refuses to run anywhere but where it
+was asked to.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from safetensors import safe_open
 
 from ..model.store import ModelDirError, read_manifest, weight_path
 from .engine import GRAPHS, INPUTS, graph_file
+from .providers import provider_problem
 
 log = logging.getLogger(__name__)
 
@@ -66,18 +69,19 @@ class OrtEngine:
         self.config = manifest.config
         self.precision = precision
         self.model_dir = manifest.directory
-        available = ort.get_available_providers()
         requested = [provider_name(p) for p in providers]
-        missing = [p for p in requested if p not in available]
-        if missing and strict:
+        self.skipped = {p: why for p in requested if (why := provider_problem(p)) is not None}
+        if self.skipped and strict:
             raise ProviderError(
-                f"execution provider(s) {missing} requested with strict=True are not available "
-                f"in onnxruntime {ort.__version__}; available: {available}"
+                "execution provider(s) requested with strict=True cannot run here: "
+                + "; ".join(f"{p}: {why}" for p, why in self.skipped.items())
+                + f" (onnxruntime {ort.__version__} lists {ort.get_available_providers()})"
             )
-        wanted = [p for p in requested if p in available] or ["CPUExecutionProvider"]
-        if missing:
-            log.warning("providers %s not available (have %s); using %s", missing, available,
-                        wanted)  # fmt: skip
+        wanted = [p for p in requested if p not in self.skipped] or ["CPUExecutionProvider"]
+        self.placement = f"onnxruntime {ort.__version__} on {wanted[0]}" + "".join(
+            f"; skipped {p}: {why}" for p, why in self.skipped.items()
+        )
+        log.info(self.placement)
         self.sessions: dict[str, ort.InferenceSession] = {}
         self.providers: dict[str, str] = {}
         self.files: dict[str, str] = {}  # graph -> its file in the model dir
