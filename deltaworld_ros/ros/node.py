@@ -234,6 +234,9 @@ class ForecastNode(Node):
         for forecast, (header, rgb) in zip(results, sources, strict=True):
             if forecast is not None:
                 self.publish(forecast, header, rgb)
+        ahead = self.forecaster.encode_ahead()  # after publishing: off the next frame's latency
+        if ahead:
+            self.stats.record("forecaster: encode ahead", ahead)
 
     def decode(self, camera: str, msg: Image | CompressedImage) -> np.ndarray | None:
         """RGB uint8 of a camera message; None (logged and counted) if it cannot be used."""

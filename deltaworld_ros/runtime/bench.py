@@ -31,7 +31,9 @@ from ..model.store import ModelDirError
 from .engine import GRAPHS, Engine, open_engine
 from .forecaster import Forecaster, ForecasterConfig, FrameInput
 
-STAGES = ("preprocess", "backbone", "encode", "predict", "decode", "head", "post", "total")
+# "total" is the latency of Forecaster.process; "ahead" the work done after it (encode_ahead).
+STAGES = ("preprocess", "backbone", "encode", "predict", "decode", "head", "post", "total",
+          "ahead")  # fmt: skip
 STAGE_OF = {"backbone": "backbone", "encoder": "encode", "predictor": "predict",
             "decoder": "decode", "head": "head"}  # fmt: skip
 
@@ -174,7 +176,7 @@ class Records:
     """Per-step measurements in arrays allocated up front, so that a soak's own bookkeeping
     does not grow the RSS it measures."""
 
-    wall: np.ndarray  # (steps,) s, the whole process() call
+    wall: np.ndarray  # (steps,) s, process() and encode_ahead()
     cpu: np.ndarray  # (steps,) s of this process's CPU time in it (blind to busy neighbours)
     stages: np.ndarray  # (steps, len(STAGES)) s, the Forecaster's timings; NaN: no forecast
     flops: np.ndarray  # (steps, len(GRAPHS)) counted FLOPs
@@ -213,11 +215,13 @@ def run_steps(
         engine.take()
         start, cpu = time.perf_counter(), time.process_time()
         results = forecaster.process(batch)
+        ahead = forecaster.encode_ahead()
         records.wall[i] = time.perf_counter() - start
         records.cpu[i] = time.process_time() - cpu
         done = next((r for r in results if r is not None), None)
         if done is not None:
-            records.stages[i] = [done.timings.get(stage, 0.0) for stage in STAGES]
+            records.stages[i] = [ahead if stage == "ahead" else done.timings.get(stage, 0.0)
+                                 for stage in STAGES]  # fmt: skip
         counted = engine.take()
         records.flops[i] = [counted[g] for g in GRAPHS]
         records.rss[i] = rss_bytes()
@@ -240,6 +244,8 @@ def summarise(records: Records, streams: int) -> dict[str, Any]:
     achieved = {}
     for graph in GRAPHS:
         seconds = float(records.stage(STAGE_OF[graph]).sum())
+        if graph == "encoder":  # the anchors encoded ahead are encoder calls too
+            seconds += float(records.stage("ahead").sum())
         if seconds > 0:
             achieved[STAGE_OF[graph]] = flops[graph] / seconds
     return {
