@@ -30,6 +30,7 @@ from ..model.config import PRESETS, ModelConfig
 from ..model.store import ModelDirError
 from .engine import GRAPHS, Engine, open_engine
 from .forecaster import Forecaster, ForecasterConfig, FrameInput
+from .threads import passive_openmp
 
 # "total" is the latency of Forecaster.process; "ahead" the work done after it (encode_ahead).
 STAGES = ("preprocess", "backbone", "encode", "predict", "decode", "head", "post", "total",
@@ -338,6 +339,7 @@ def open_bench_engine(args: argparse.Namespace, workdir: Path) -> tuple[Engine, 
 
         model_dir = args.model_dir or default_model_dir()
         return open_engine(model_dir, **kwargs), str(model_dir)
+    passive_openmp()
     import torch
 
     from ..export.cli import with_image_size

@@ -13,6 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from ..model.config import ModelConfig
+from .threads import passive_openmp
 
 GRAPHS = ("backbone", "encoder", "predictor", "decoder", "head")
 # The ONNX interface of each graph: input names in call order, and the output's name.
@@ -86,6 +87,7 @@ def open_engine(
 
         return OrtEngine(model_dir, providers or DEFAULT_PROVIDERS, strict, precision, threads)
     if backend == "torch":
+        passive_openmp()
         import torch
 
         from .torch_engine import PRECISIONS, TorchEngine

@@ -25,7 +25,7 @@ from PIL import Image
 
 from .engine import Engine
 from .postprocess import bilinear_matrix, disagreement, kernel_density_confidence
-from .threads import single_threaded_blas
+from .threads import limited_blas
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class ForecasterConfig:
     crop: str = "resize"  # "resize" the whole frame, or "square" crops of wide frames
     seed: int = 0
     keep_features: bool = False  # also return predicted features (for evaluation)
+    blas_threads: int | None = 1  # numpy's BLAS pool while forecasting (threads.py); None: as is
 
     def validate(self) -> None:
         checks = [
@@ -59,6 +60,7 @@ class ForecasterConfig:
             (self.max_gap > 1, "max_gap must be > 1 (frame intervals)"),
             (self.output_size is None or min(self.output_size) >= 1, "output_size must be >= 1"),
             (self.crop in ("resize", "square"), "crop must be 'resize' or 'square'"),
+            (self.blas_threads is None or self.blas_threads >= 1, "blas_threads must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -150,7 +152,7 @@ class Forecaster:
         """One batched step over the given frames; None where a frame was gated or the
         stream is still warming up. A malformed frame raises ValueError before any state
         changes."""
-        with single_threaded_blas():
+        with limited_blas(self.config.blas_threads):
             return self._process(frames, overrides or {})
 
     def encode_ahead(self) -> float:
@@ -165,7 +167,7 @@ class Forecaster:
         if not windows:
             return 0.0
         start = time.perf_counter()
-        with single_threaded_blas():
+        with limited_blas(self.config.blas_threads):
             black = np.repeat(self._black[None], len(windows), 0)
             tokens = self.engine.encode(black, np.stack([w.features[1] for w in windows]))
         for window, token in zip(windows, tokens[:, 0], strict=True):
