@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from threadpoolctl import threadpool_info
 
 from deltaworld_ros.model.deltatok import tokenize_offline
 from deltaworld_ros.model.deltaworld import rollout
@@ -251,3 +252,28 @@ def test_bad_settings_name_the_setting():
         ForecasterConfig(frame_interval=-0.1).validate()
     with pytest.raises(ValueError, match="crop must be"):
         ForecasterConfig(crop="stretch").validate()
+
+
+def test_numpy_blas_keeps_one_thread_while_the_engine_runs(engine, clip):
+    """OpenBLAS threads spin after each call and would oversubscribe the engine's cores."""
+    before = blas_threads()
+    seen = []
+
+    class Watched:  # the real engine; its decoder notes the BLAS pools it runs beside
+        def __getattr__(self, name):
+            return getattr(engine, name)
+
+        def decode(self, z, x):
+            seen.append(blas_threads())
+            return engine.decode(z, x)
+
+    frames, stamps = clip
+    forecaster = make(Watched())
+    for t in range(3):
+        forecaster.process([frame("cam", stamps[0, t], frames[0, t])])
+    assert seen and all(set(threads) == {1} for threads in seen)
+    assert blas_threads() == before, "restored after each step"
+
+
+def blas_threads() -> list[int]:
+    return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]

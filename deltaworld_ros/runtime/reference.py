@@ -50,8 +50,6 @@ def _load(path: Path) -> dict[str, torch.Tensor]:
 @contextmanager
 def _importable(checkout: Path):
     """The checkout's top-level packages on sys.path, its training package a placeholder."""
-    if not (checkout / "models" / "deltatok.py").is_file():
-        raise ReferenceError(f"{checkout} is not a deltatok checkout (no models/deltatok.py)")
     placeholder = types.ModuleType("training.base")
     placeholder.load_sd = None  # only for checkpoints; weights are loaded here
     saved = {name: sys.modules.get(name) for name in ("training", "training.base")}
@@ -120,6 +118,11 @@ class ReferenceModel:
     """The authors' DeltaTok, DeltaWorld predictor and SegHead with a model dir's weights."""
 
     def __init__(self, checkout: str | Path, model_dir: str | Path, k: int) -> None:
+        checkout = Path(checkout)
+        if not (checkout / "models" / "deltatok.py").is_file():
+            raise ReferenceError(
+                f"{checkout} is not a deltatok checkout (no models/deltatok.py); it needs {NEEDS}"
+            )
         manifest = read_manifest(model_dir)
         cfg = self.config = manifest.config
         if cfg.tokenizer.num_encoder_layers != cfg.tokenizer.num_decoder_layers:
@@ -129,7 +132,7 @@ class ReferenceModel:
         except ImportError as err:
             raise ReferenceError(f"the reference needs {NEEDS}: {err}") from None
         hf_config = _hf_config(cfg)
-        with tempfile.TemporaryDirectory() as template, _importable(Path(checkout)):
+        with tempfile.TemporaryDirectory() as template, _importable(checkout):
             hf_config.save_pretrained(template)
             import models.deltatok as deltatok_module
             import models.deltaworld as deltaworld_module
