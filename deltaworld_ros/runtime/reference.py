@@ -117,7 +117,9 @@ def _hf_config(cfg: ModelConfig):
 class ReferenceModel:
     """The authors' DeltaTok, DeltaWorld predictor and SegHead with a model dir's weights."""
 
-    def __init__(self, checkout: str | Path, model_dir: str | Path, k: int) -> None:
+    def __init__(
+        self, checkout: str | Path, model_dir: str | Path, k: int, device: str = "cpu"
+    ) -> None:
         checkout = Path(checkout)
         if not (checkout / "models" / "deltatok.py").is_file():
             raise ReferenceError(
@@ -166,13 +168,15 @@ class ReferenceModel:
         world.load_state_dict(_load(weight_path(directory, "world")), strict=False)
         head.load_state_dict(_load(weight_path(directory, "seg_head")))
         self._check_loaded(tokenizer, world, directory)
+        self.device = torch.device(device)
         self.backbone, self.tokenizer, self.world, self.head = (
-            m.eval() for m in (backbone, tokenizer, world, head)
+            m.eval().to(self.device) for m in (backbone, tokenizer, world, head)
         )
         h, w = cfg.image_size
         with torch.inference_mode():
-            self.rope = tokenizer.rope_embeddings(torch.zeros(1, 3, h, w))
-            self.black = backbone(torch.zeros(1, 3, h, w))
+            black = torch.zeros(1, 3, h, w, device=self.device)
+            self.rope = tokenizer.rope_embeddings(black)
+            self.black = backbone(black)
 
     @staticmethod
     def _check_loaded(tokenizer: nn.Module, world: nn.Module, directory: Path) -> None:
@@ -205,7 +209,8 @@ class ReferenceForecaster:
         """Frame (H, W, 3) uint8 at the model's size, its stamp, queries (T, K, D) -> class
         maps (K, T, h, w), predicted features (K, T, N, C); None while warming up."""
         m = self.model
-        pixels = torch.from_numpy(rgb.transpose(2, 0, 1).astype(np.float32))[None]
+        device = m.device
+        pixels = torch.from_numpy(rgb.transpose(2, 0, 1).astype(np.float32))[None].to(device)
         y = m.backbone(pixels)
         if self.features:
             self.deltas.append(m.tokenizer.encode(self.features[-1], y, m.rope))
@@ -221,14 +226,14 @@ class ReferenceForecaster:
         k = self.k
         origin = self.stamps[0]
         kv = torch.cat([anchor, *self.deltas], 1).expand(k, -1, -1)
-        pos_k = torch.tensor([s - origin for s in self.stamps], dtype=torch.float32)
+        pos_k = torch.tensor([s - origin for s in self.stamps], dtype=torch.float32, device=device)
         pos_k = pos_k.expand(k, -1)
         x = y.expand(k, -1, -1)
         preds = []
         for step in range(self.horizon):
             when = stamp + (step + 1) * self.frame_interval - origin
-            pos_q = torch.full((k, 1), when, dtype=torch.float32)
-            q = torch.from_numpy(queries[step])[:, None]
+            pos_q = torch.full((k, 1), when, dtype=torch.float32, device=device)
+            q = torch.from_numpy(queries[step])[:, None].to(device)
             z = m.world.predictor(q, kv, None, (pos_q,), (pos_k,))
             x = m.tokenizer.decode(z, x, m.rope)
             kv = torch.cat([kv, z], 1)
@@ -240,4 +245,5 @@ class ReferenceForecaster:
         logits = F.interpolate(m.head(grid), self.output_size, mode="bilinear",
                                align_corners=False)  # fmt: skip
         classes = logits.argmax(1).to(torch.uint8)
-        return classes[:-1].unflatten(0, (k, self.horizon)).numpy(), feats.numpy()
+        classes = classes[:-1].unflatten(0, (k, self.horizon))
+        return classes.cpu().numpy(), feats.float().cpu().numpy()
