@@ -4,6 +4,7 @@ onnxruntime path on the embedded model without torch."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -78,3 +79,17 @@ def test_the_onnxruntime_engine_runs_forecasts_without_importing_torch():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True", "False"]
+
+
+def test_loading_the_pip_cuda_libraries_is_quiet_and_returns_what_it_missed():
+    """onnxruntime's own loader prints each CUDA library it cannot find; here its text is
+    returned instead (no NVIDIA wheels here; on a GPU machine with them nothing is missed)."""
+    script = (
+        "import json, sys\n"
+        "from deltaworld_ros.runtime.providers import load_pip_cuda_libraries\n"
+        "sys.stderr.write(json.dumps(load_pip_cuda_libraries()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout == "", out.stdout
+    missed = json.loads(out.stderr.strip().splitlines()[-1])
+    assert missed == "" or "libcu" in missed

@@ -56,7 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--k", type=int, default=8, help="hypotheses K")
     parser.add_argument("--t", type=int, default=3, help="horizon T (steps)")
-    parser.add_argument("--threads", type=int, default=2, help="engine and torch threads")
+    parser.add_argument("--threads", type=int, default=2, help="engine threads")
+    parser.add_argument(
+        "--torch-threads", type=int, help="torch's (package torch, reference); default --threads"
+    )
     parser.add_argument("--rounds", type=int, default=12, help="turns of every variant")
     parser.add_argument("--block", type=int, default=5, help="steps per turn")
     parser.add_argument("--warmup", type=int, default=8, help="steps per variant before timing")
@@ -149,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .reference import ReferenceError
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.torch_threads or args.threads)
     model_dir = args.model_dir or default_model_dir()
     with tempfile.TemporaryDirectory(prefix="deltaworld-compare-") as workdir:
         try:
@@ -185,6 +188,7 @@ def compare(variants: list[Variant], args: argparse.Namespace, model_dir: Path) 
                 v.count += 1
     load_after = os.getloadavg()
     medians = {v.name: float(np.median(v.wall)) for v in variants}
+    cpu = {v.name: float(np.median(v.cpu)) for v in variants}
     rows = {
         v.name: {
             **percentiles_ms(np.array(v.wall)),
@@ -192,7 +196,10 @@ def compare(variants: list[Variant], args: argparse.Namespace, model_dir: Path) 
             "stream_frames_per_s": len(v.wall) / float(np.sum(v.wall)),
             "speedup_vs_package": medians["package"] / medians[v.name],
             **(
-                {"speedup_over_reference": medians[REFERENCE] / medians[v.name]}
+                {
+                    "speedup_over_reference": medians[REFERENCE] / medians[v.name],
+                    "cpu_time_ratio_over_reference": cpu[REFERENCE] / cpu[v.name],
+                }
                 if REFERENCE in medians
                 else {}
             ),
@@ -206,6 +213,7 @@ def compare(variants: list[Variant], args: argparse.Namespace, model_dir: Path) 
         "k": args.k,
         "t": args.t,
         "threads": args.threads,
+        "torch_threads": args.torch_threads or args.threads,
         "steps_per_variant": args.rounds * args.block,
         "alternation": f"{args.rounds} rounds of {args.block} steps per variant, in turn",
         "agreement_with_package": agreement,
@@ -234,7 +242,8 @@ def report(result: dict[str, Any]) -> str:
     load = result["load_average"]
     lines = [
         f"model {result['model']} {result['image_size'][0]}x{result['image_size'][1]}, "
-        f"K={result['k']} T={result['t']}, {result['threads']} threads; "
+        f"K={result['k']} T={result['t']}, {result['threads']} engine / "
+        f"{result['torch_threads']} torch threads; "
         f"{result['alternation']}; load average {load['before'][0]:.2f} -> "
         f"{load['after'][0]:.2f} on {result['machine']['cpus']} CPUs",
         f"{'variant':36s} {'median':>8s} {'p95':>8s} {'CPU':>8s} {'frames/s':>9s} "
