@@ -253,6 +253,8 @@ def summarise(records: Records, streams: int) -> dict[str, Any]:
         "steps": len(records),
         "stream_frames": frames,
         "stream_frames_per_s": frames / wall,
+        # busy neighbours stretch wall time; CPU time per step is what a quiet machine pays
+        "cpu_ms_per_step": percentiles_ms(records.cpu),
         "stages": {
             stage: percentiles_ms(records.stage(stage))
             for stage in STAGES
@@ -448,7 +450,8 @@ def report(result: dict[str, Any]) -> str:
             + (f" {rate / 1e9:9.2f}" if rate is not None else "")
         )
     lines.append(
-        f"throughput {result['stream_frames_per_s']:.2f} stream-frames/s; "
+        f"throughput {result['stream_frames_per_s']:.2f} stream-frames/s; CPU time per step "
+        f"{result['cpu_ms_per_step']['median_ms']:.2f} ms (median, all threads); "
         f"peak RSS {result['peak_rss_mib']:.0f} MiB"
     )
     closed = result["closed_form_flops_per_stream_frame"]
