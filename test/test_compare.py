@@ -44,6 +44,7 @@ def test_variants_agree_and_take_turns(tmp_path, capsys):
     assert result["steps_per_variant"] == 2
     assert variants["package"]["speedup_vs_package"] == 1.0
     assert all(v["median_ms"] > 0 and v["stream_frames_per_s"] > 0 for v in variants.values())
+    assert all(0 < v["latency_median_ms"] <= v["median_ms"] for v in variants.values())
     for name, agreement in result["agreement_with_package"].items():
         assert agreement["max_feature_difference"] < 1e-3, name
         assert agreement["class_pixels_equal"] >= 0.99, name
