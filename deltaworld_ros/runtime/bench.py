@@ -229,6 +229,19 @@ def run_steps(
     return records
 
 
+def run_record() -> dict[str, Any]:
+    """Where and when a benchmark ran, and the command that ran it."""
+    return {
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join(["deltaworld", *sys.argv[1:]]),
+    }
+
+
 def percentiles_ms(seconds: np.ndarray) -> dict[str, float]:
     ms = np.asarray(seconds) * 1e3
     return {
@@ -407,13 +420,7 @@ def bench(engine: Engine, source: str, args: argparse.Namespace) -> int:
             cfg, args.k, args.t, forecaster.context_length
         ),
         "peak_rss_mib": peak_rss_bytes() / 2**20,
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-        },  # fmt: skip
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join(["deltaworld", *sys.argv[1:]]),
+        **run_record(),
     }
     if args.soak:
         result["soak"] = soak_report(records, args.soak_tolerance)

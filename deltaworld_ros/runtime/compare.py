@@ -17,21 +17,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..model.store import ModelDirError, default_model_dir, read_manifest
-from .bench import percentiles_ms, synthetic_streams
+from .bench import percentiles_ms, run_record, synthetic_streams
 from .engine import graph_file, open_engine
 from .forecaster import Forecaster, ForecasterConfig, FrameInput, StreamOverrides
 from .threads import passive_openmp
@@ -228,13 +225,7 @@ def compare(variants: list[Variant], args: argparse.Namespace, model_dir: Path) 
         "agreement_with_package": agreement,
         "variants": rows,
         "load_average": {"before": list(load_before), "after": list(load_after)},
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-        },  # fmt: skip
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join(["deltaworld", *sys.argv[1:]]),
+        **run_record(),
     }
     print(report(result))
     path = args.json or Path("benchmarks") / f"compare-{cfg.name}-k{args.k}t{args.t}.json"

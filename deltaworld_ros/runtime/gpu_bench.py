@@ -21,10 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -134,49 +132,58 @@ class DeviceStep:
         return maps[: s * k * horizon].unflatten(0, (s, k, horizon)), torch.stack(tokens, 1)
 
 
-def _run_mode(step: DeviceStep, mode: str, steps: int, warmup: int) -> dict[str, Any]:
-    """ms per step, host to host: new frames copied in, class maps copied out."""
+def _runner(step: DeviceStep, mode: str) -> tuple[Any, float]:
+    """A callable doing one step in `mode` and returning its outputs; seconds compiling."""
     torch = step.torch
-    cuda = step.device.type == "cuda"
-    frames = torch.randint(0, 256, step.pixels.shape, dtype=torch.uint8).pin_memory() if cuda \
-        else torch.randint(0, 256, step.pixels.shape, dtype=torch.uint8)  # fmt: skip
 
     def eager():
         with torch.inference_mode(), step.autocast():
             return step.step()
 
-    run = eager
-    compile_s = 0.0
-    if mode in ("graph", "compile"):
-        if not cuda:
-            raise ValueError(f"mode {mode!r} needs a CUDA device")
-        body = eager
-        if mode == "compile":
-            started = time.perf_counter()
-            compiled = torch.compile(step.step)
+    if mode == "eager":
+        return eager, 0.0
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; use {MODES}")
+    if step.device.type != "cuda":
+        raise ValueError(f"mode {mode!r} needs a CUDA device")
+    body, compile_s = eager, 0.0
+    if mode == "compile":
+        started = time.perf_counter()
+        compiled = torch.compile(step.step)
 
-            def body():
-                with torch.inference_mode(), step.autocast():
-                    return compiled()
+        def body():
+            with torch.inference_mode(), step.autocast():
+                return compiled()
 
-            for _ in range(3):
-                body()
-            torch.cuda.synchronize()
-            compile_s = time.perf_counter() - started
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                body()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = body()
+        for _ in range(3):
+            body()
+        torch.cuda.synchronize()
+        compile_s = time.perf_counter() - started
+    side = torch.cuda.Stream()  # warm-up off the capturing stream, as CUDA graphs need
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            body()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = body()
 
-        def run():
-            graph.replay()
-            return static_out
+    def replay():
+        graph.replay()
+        return static_out
 
+    return replay, compile_s
+
+
+def _run_mode(step: DeviceStep, mode: str, steps: int, warmup: int) -> dict[str, Any]:
+    """ms per step, host to host: new frames copied in, class maps copied out."""
+    torch = step.torch
+    cuda = step.device.type == "cuda"
+    frames = torch.randint(0, 256, step.pixels.shape, dtype=torch.uint8)
+    if cuda:
+        frames = frames.pin_memory()
+    run, compile_s = _runner(step, mode)
     times = []
     for i in range(warmup + steps):
         start = time.perf_counter()
@@ -248,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
     from ..model.loading import save_weights
     from ..model.store import write_manifest
     from ..model.world_model import WorldModel
-    from .bench import frame_flops
+    from .bench import frame_flops, run_record
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -305,8 +312,7 @@ def run(args: argparse.Namespace) -> int:
         step = _warm_step(model, args.cameras, args.k, args.t, output_size, dtype, rng)
         result["paced"] = _paced_run(step, args)
         print(f"paced: {result['paced']}", flush=True)
-    result["date"] = datetime.now(UTC).isoformat(timespec="seconds")
-    result["command"] = " ".join(["deltaworld", *sys.argv[1:]])
+    result.update(run_record())
     path = args.json or Path("benchmarks") / f"gpu-{cfg.name}-k{args.k}t{args.t}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
@@ -327,34 +333,8 @@ def _warm_step(model, cameras, k, horizon, output_size, dtype, rng) -> DeviceSte
 
 
 def _paced_run(step: DeviceStep, args: argparse.Namespace) -> dict:
-    torch = step.torch
-    mode = args.paced_mode
-    if mode == "eager":
-
-        def once():
-            with torch.inference_mode(), step.autocast():
-                step.step()[0].cpu()
-
-    else:
-        graph = torch.cuda.CUDAGraph()
-        body = step.step
-        if mode == "compile":
-            body = torch.compile(step.step)
-        with torch.inference_mode(), step.autocast():
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(3):
-                    body()
-            torch.cuda.current_stream().wait_stream(side)
-            with torch.cuda.graph(graph):
-                out = body()
-
-        def once():
-            graph.replay()
-            out[0].cpu()
-
-    return _paced(step, once, args.cameras, args.rate, args.seconds)
+    run, _ = _runner(step, args.paced_mode)
+    return _paced(step, lambda: run()[0].cpu(), args.cameras, args.rate, args.seconds)
 
 
 def reference_timing(args, cfg, model_dir, device, dtype, output_size) -> dict[str, Any]:
