@@ -178,10 +178,10 @@ def compare(variants: list[Variant], args: argparse.Namespace, model_dir: Path) 
     load_before = os.getloadavg()
     for v in variants:
         v.count = cycle
-        v.latency.clear()
         for _ in range(args.warmup):
             v.step(frames[v.count % cycle], v.count * interval, queries[v.count % cycle])
             v.count += 1
+        v.latency.clear()  # timed steps only
     for _ in range(args.rounds):
         for v in variants:
             for _ in range(args.block):
