@@ -20,10 +20,11 @@ from deltaworld_ros.evaluation.metrics import (
     feature_error,
     iou_per_class,
     mean_iou,
+    patch_majority,
     rank,
     spearman,
 )
-from deltaworld_ros.evaluation.replay_eval import EvalOptions, evaluate
+from deltaworld_ros.evaluation.replay_eval import EvalOptions, TokenPairs, evaluate
 from deltaworld_ros.io.bags import TYPESTORE, ImageBagWriter, make_header, read_images
 from deltaworld_ros.io.video import write_video
 from deltaworld_ros.model.config import preset
@@ -50,6 +51,15 @@ def make_tiny_model(directory: Path) -> Path:
     save_weights(model, directory)
     write_manifest(directory, model.cfg, {"source": "random weights seed 0 (test)"})
     return directory
+
+
+def ignore_the_token(model: WorldModel) -> WorldModel:
+    """DeltaTok's decoder made the identity: every token is ignored (token reliance 1) and
+    "no change" decodes to no change (identity error 0), whatever the other weights are."""
+    for block in model.tokenizer.decoder_blocks:
+        for scale in (block.layer_scale1, block.layer_scale2):
+            torch.nn.init.zeros_(scale.lambda1)
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +101,25 @@ def test_feature_error_is_mse_over_patches_and_channels():
     a = np.zeros((2, 3, 4, 5))
     b = np.ones((4, 5))
     np.testing.assert_allclose(feature_error(a, b), np.ones((2, 3)))
+
+
+def test_patch_majority_takes_each_patch_cells_most_common_class():
+    labels = np.zeros((4, 6), np.uint8)
+    labels[:2, :3] = [[1, 1, 2], [1, 2, 2]]  # 3 of class 1, 3 of class 2: the lower id wins
+    labels[2:, 3:] = [[2, 2, 2], [2, 0, 0]]
+    np.testing.assert_array_equal(patch_majority(labels, (2, 2), 3), [[1, 0], [0, 2]])
+    with pytest.raises(ValueError, match="patch grid"):
+        patch_majority(labels, (3, 2), 3)
+
+
+def test_token_pairs_are_consecutive_frames_of_one_segment_sampled_uniformly():
+    pairs = TokenPairs(limit=3)
+    for index, segment in [(0, 0), (1, 0), (2, 0), (4, 0), (5, 1), (6, 1), (7, 1), (8, 1)]:
+        pairs.add(index, segment, np.full((2, 2), index, np.float32))
+    assert pairs.seen == 5  # 0-1, 1-2, 5-6, 6-7, 7-8: not over the gap 2-4 nor the restart 4-5
+    assert len(pairs.pairs) == 3
+    for previous, current, segment in pairs.pairs:
+        assert current[0, 0] - previous[0, 0] == 1 and segment in (0, 1)
 
 
 def test_spearman_ranks_ties_by_their_average():
@@ -341,3 +370,25 @@ def test_nothing_decodable_exits_non_zero_with_a_report(tiny_model_dir, tmp_path
     assert "3 of 3 frame(s) could not be decoded" in captured.out
     assert "no forecast could be scored" in captured.out
     assert (out / "report.md").is_file()
+
+
+def test_token_probes_of_a_tokenizer_that_ignores_its_token(labelled_bag, tmp_path):
+    torch.manual_seed(0)
+    model = ignore_the_token(WorldModel(preset("tiny")).eval())
+    save_weights(model, tmp_path)
+    write_manifest(tmp_path, model.cfg, {"source": "tiny, DeltaTok decoder = identity (test)"})
+    options = EvalOptions(labelled_bag, IMAGE, model=tmp_path, k=2, t=1, backend="torch")
+    evaluation = evaluate(EvalOptions(**{**options.__dict__, "progress": False}))
+    metrics = evaluation.metrics
+    tokens = metrics["tokens"]
+    assert tokens["token_reliance"] == pytest.approx(1.0, abs=1e-9)
+    assert tokens["identity_ratio"] == pytest.approx(0.0, abs=1e-9)
+    # the first kept frame of a history makes no forecast, so the pairs start at the second
+    assert tokens["pairs"] == tokens["pairs_in_recording"] == metrics["frames"]["kept"] - 2
+    # the decoder hands the present features on: every hypothesis is copy-last
+    for step in metrics["class_maps"]["steps"]:
+        miou = step["miou"]
+        assert miou["mean_of_k"] == miou["best_of_k"] == miou["copy_last"]
+    for example in evaluation.examples:
+        assert example.disagreement == 0.0
+        assert (example.hypotheses == example.present).all()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from deltaworld_ros.synth import (
     PALETTE,
     StreetWorld,
     WorldConfig,
+    measure,
     render_sequence,
     sample_clip,
 )
@@ -57,11 +60,12 @@ def test_agents_are_labelled_where_they_are_and_colours_follow_labels():
                 total += 1
                 hits += frame.labels[int(v), int(u)] in (CAR, BUS)
     assert total > 20 and hits / total > 0.9, (hits, total)
-    # a nearest-class-mean colour classifier explains most background pixels
+    # a nearest-class-median colour classifier explains most background pixels (the median:
+    # road includes its white markings)
     seq = render_sequence(WorldConfig(), 4, 8)
     rgb, lab = seq.rgb.reshape(-1, 3).astype(np.float32), seq.labels.ravel()
     classes = [k for k in np.unique(lab) if (lab == k).sum() > 200]
-    means = np.stack([rgb[lab == k].mean(0) for k in classes])
+    means = np.stack([np.median(rgb[lab == k], 0) for k in classes])
     nearest = np.array(classes)[((rgb[:, None] - means[None]) ** 2).sum(-1).argmin(1)]
     assert (nearest == lab).mean() > 0.6
 
@@ -177,3 +181,57 @@ def test_synth_cli_writes_a_bag_that_reads_back(tmp_path, storage, capsys):
     expected = render_sequence(WorldConfig(height=48, width=64), 3, 12)
     np.testing.assert_array_equal(np.stack([f.image for f in images]), expected.rgb)
     np.testing.assert_array_equal(np.stack([f.image for f in labels]), expected.labels)
+
+
+def test_at_the_small_models_size_agents_span_patches_and_the_grid_keeps_them():
+    cfg = WorldConfig(height=96, width=96, drop_prob=0.0)
+    car_px = car_count = 0
+    full, cut = [], []
+    for seed in range(4):
+        world = StreetWorld(cfg, 100 + seed)
+        for _ in range(4):
+            world.advance(8)
+            labels = world.render().labels
+            car_px += int((labels == CAR).sum())
+            car_count += sum(kind == "car" for kind, *_ in world.agent_pixels())
+            full.append(labels)
+            cut.append(np.kron(measure.grid_labels(labels, 8), np.ones((8, 8), np.uint8)))
+    assert car_count > 5 and car_px / car_count / 64 > 3  # a car covers several 8x8 patches
+    assert measure.miou(np.stack(cut), np.stack(full)) > 0.55  # the patch grid's ceiling
+
+
+def test_the_moving_cameras_car_decides_visibly_and_its_forks_branch():
+    world = StreetWorld(WorldConfig(height=96, width=96, camera="vehicle", drop_prob=0.0), 4)
+    world.advance(200)
+    ego = [e for e in world.events if e.kind == "ego"]
+    assert {e.decision for e in ego} >= {"speed_up", "change_lane"} and all(e.visible for e in ego)
+    forks = [world.fork(seed) for seed in range(6)]
+    grids = []
+    for fork in forks:
+        fork.advance(30)
+        grids.append(measure.grid_labels(fork.render().labels, 8))
+    differ = [(a != b).mean() for i, a in enumerate(grids) for b in grids[i + 1 :]]
+    assert max(differ) > 0.03, differ  # alternatives differ in several patches
+
+
+def test_nuisance_is_small_and_can_be_switched_off():
+    cfg = WorldConfig(height=96, width=96, drop_prob=0.0)
+    noisy, clean = StreetWorld(cfg, 9), StreetWorld(replace(cfg, nuisance=0.0), 9)
+    noisy.advance(20), clean.advance(20)
+    a, b = noisy.render(), clean.render()
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert 0 < np.abs(a.rgb.astype(float) - b.rgb).mean() < 3
+    np.testing.assert_array_equal(clean.render().rgb, b.rgb)  # clean: a still state stays still
+
+
+def test_measure_prints_the_worlds_figures(tmp_path, capsys):
+    out = tmp_path / "world.json"
+    args = ["--worlds", "1", "--moments", "2", "--time-clips", "2", "--json", str(out)]
+    assert measure.main(args) == 0
+    figures = json.loads(out.read_text())
+    assert "render:" in capsys.readouterr().out
+    for camera in ("static", "vehicle"):
+        assert len(figures[camera]["fork_patch_diff_all"]) == 3
+        assert 0 < figures[camera]["grid_miou_ceiling"] <= 1
+    assert 0 <= figures["static"]["nuisance_share_of_pixel_change"] < 1
+    assert figures["render_s_2400_clips"] > 0

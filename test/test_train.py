@@ -57,9 +57,9 @@ def stage_parts(name: str, setup, batch: int = 4):
     weights = st.class_weights(store.labels, cfg.head.num_classes)
     if name == "backbone":
         torch.manual_seed(1)  # the temporary probe's init
-        return st.BackboneStage(model.backbone, 10, weights), st.labelled_frames_sampler(
-            store, batch
-        )
+        return st.BackboneStage(
+            model.backbone, cfg.head.num_classes, weights
+        ), st.labelled_frames_sampler(store, batch)
     if name == "seg_head":
         return (
             st.SegHeadStage(model.seg_head, cfg.grid, weights),
@@ -143,6 +143,8 @@ def _train(tmp_path: Path, *argv: str) -> int:
         "1",
         "--work-dir",
         str(tmp_path / "work"),
+        "--min-token-reliance",
+        "0",
     ]
     return cli.run(parser.parse_args([*quick, *argv]))
 
@@ -256,6 +258,8 @@ def test_ddp_two_gloo_processes_train_to_completion(tmp_path):
         "--threads",
         "1",
         "--no-progress",
+        "--min-token-reliance",
+        "0",
         "--out",
         str(out),
         "--work-dir",
@@ -271,3 +275,12 @@ def test_ddp_two_gloo_processes_train_to_completion(tmp_path):
     # each process rendered its own half of the clips
     assert len(list((work / "data").glob("synth-*-r*of2.npz"))) == 2
     load_model(out)
+
+
+def test_the_tokenizer_check_stops_a_run_whose_token_is_ignored(tmp_path):
+    """A 3-step tokenizer has not learnt to use its token: the check names the camera groups'
+    reliance and the fix, and no model directory is written."""
+    out = tmp_path / "m"
+    with pytest.raises(SystemExit, match=r"ignores its delta token \(token reliance static"):
+        _train(tmp_path, "--clips", "4", "--out", str(out), "--min-token-reliance", "5")
+    assert not (out / "manifest.json").exists()

@@ -1,11 +1,15 @@
 """`deltaworld demo` (`make demo`): the whole chain on the default model, on a fresh machine.
 
-1. `deltaworld synth` writes a street-world rosbag2 (images + labels);
+For each camera of the street world (a static one, one on a moving vehicle):
+1. `deltaworld synth` writes a street-world rosbag2 (images + labels) at the model's own image
+   size, so the node sees the frames the model was trained on (no resize);
 2. forecast_node starts as a real process (use_sim_time, its own ROS_DOMAIN_ID, discovery on
    this machine only), the way the node tests drive it (ros/harness.py);
 3. `deltaworld replay` plays the bag into it and records what it publishes;
 4. the node is stopped with SIGINT, as ros2 launch would;
-5. `deltaworld eval --predictions` scores the published forecasts against the labels.
+5. `deltaworld eval --predictions --with-model` scores the published forecasts against the
+   labels, beside the model's own segmentation of the present (copy-last) and the labels held
+   still, and probes the model's delta tokens on the same frames.
 """
 
 from __future__ import annotations
@@ -19,19 +23,30 @@ import time
 from pathlib import Path
 
 from deltaworld_ros.cli import main as cli
-from deltaworld_ros.evaluation.replay_eval import EvalError, EvalOptions, evaluate
+from deltaworld_ros.evaluation.replay_eval import EvalError, EvalOptions, Evaluation, evaluate
 from deltaworld_ros.evaluation.report import summary_text, write_report
+from deltaworld_ros.model.config import ModelConfig
 from deltaworld_ros.model.store import ModelDirError, default_model_dir, read_manifest
 from deltaworld_ros.ros.harness import NodeProcess, domain_id, write_params
 from deltaworld_ros.ros.replay import ReplayError, ReplayOptions, replay
 
 IMAGE_TOPIC = "/camera/image_raw"
+CAMERAS = ("static", "vehicle")
 READY = "forecasting K="  # the node's log line once its model is loaded and topics are up
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("results/demo"), help="output folder")
-    parser.add_argument("--frames", type=int, default=300, help="frames of the synthetic bag")
+    parser.add_argument(
+        "--frames", type=int, default=150, help="frames of each camera's synthetic bag"
+    )
+    parser.add_argument(
+        "--cameras",
+        nargs="+",
+        choices=CAMERAS,
+        default=list(CAMERAS),
+        help="the world's cameras to play, one bag and one node run each (default: both)",
+    )
     parser.add_argument("--seed", type=int, default=7, help="world seed of the synthetic bag")
     parser.add_argument("--model", type=Path, help="model directory (default: the embedded one)")
     parser.add_argument(
@@ -59,50 +74,83 @@ def run(args: argparse.Namespace) -> int:
     except ModelDirError as err:
         print(f"deltaworld demo: {err}", file=sys.stderr)
         return 2
-    step = manifest.config.frame_interval  # the node's forecast step
     backend = args.backend or (
         "onnxruntime" if any(f.startswith("onnx/") for f in manifest.files) else "torch"
     )
     out = args.out
-    bag, predictions, report = out / "synth_bag", out / "predictions_bag", out / "report"
-    for path in (bag, predictions, report):  # the demo's own outputs of an earlier run
-        if path.exists():
-            shutil.rmtree(path)
+    for camera in CAMERAS:  # the demo's own outputs of an earlier run
+        if (out / camera).exists():
+            shutil.rmtree(out / camera)
     out.mkdir(parents=True, exist_ok=True)
     domain = args.domain_id if args.domain_id is not None else domain_id("demo")
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # node and replay
     print(f"[demo] model {model}, ROS_DOMAIN_ID {domain}, outputs in {out}/")
+    reports = {}
+    for camera in args.cameras:
+        result = play_camera(args, camera, Path(model), manifest.config, backend, domain)
+        if result is None:
+            return 1
+        reports[camera] = result
+    for camera, (_, evaluation, _) in reports.items():
+        print(f"[demo] {camera} camera:")
+        print(summary_text(evaluation.metrics))
+    print(f"[demo] done in {time.monotonic() - start:.0f} s. Reports:")
+    for camera, (paths, _, _) in reports.items():
+        print(
+            f"  {camera} camera: {paths['html']} (also {paths['markdown'].name}, "
+            "metrics.json and the figures beside it)"
+        )
+    ok = all(e.metrics["scored"] and code == 0 for _, e, code in reports.values())
+    return 0 if ok else 1
 
-    print(f"[demo] 1/5 synthetic street world: {args.frames} frames -> {bag}")
+
+def play_camera(
+    args: argparse.Namespace,
+    camera: str,
+    model: Path,
+    config: ModelConfig,
+    backend: str,
+    domain: int,
+) -> tuple[dict[str, Path], Evaluation, int | None] | None:
+    """Steps 1-5 for one camera: (report paths, evaluation, node exit code); None on failure
+    (said on stderr)."""
+    out = args.out / camera
+    bag, predictions, report = out / "synth_bag", out / "predictions_bag", out / "report"
+    out.mkdir(parents=True)
+    height, width = config.image_size
+    print(f"[demo] {camera} 1/5 street world, {camera} camera: {args.frames} frames "
+          f"{height}x{width} (the model's size) -> {bag}")  # fmt: skip
     synth = ["synth", "--out", str(bag), "--frames", str(args.frames), "--seed", str(args.seed)]
+    synth += ["--camera", camera, "--size", f"{height}x{width}"]
     if cli(synth) != 0:
-        return 1
+        return None
 
     log_path = out / "node.log"
-    print(f"[demo] 2/5 starting forecast_node ({backend}), log {log_path}")
+    print(f"[demo] {camera} 2/5 starting forecast_node ({backend}), log {log_path}")
     params = {
         "use_sim_time": True,  # the node's clock is the bag's, played on /clock
-        "model_dir": str(Path(model).resolve()),
+        "model_dir": str(model.resolve()),
         "backend": backend,
         "num_hypotheses": args.k,
         "horizon": args.t,
     }
     params_file = write_params(out / "node_params.yaml", params)
     remap = ("-r", f"image:={IMAGE_TOPIC}")
+    step = config.frame_interval  # the node's forecast step
     with NodeProcess([params_file], domain, log_path, extra_args=remap) as node:
         if not wait_ready(node, args.startup_timeout):
-            return 1
-        print(f"[demo] 3/5 replaying {bag} into the node, recording {predictions}")
+            return None
+        print(f"[demo] {camera} 3/5 replaying {bag} into the node, recording {predictions}")
         try:
             summary = run_replay(bag, predictions, args.rate, step, domain, not args.no_progress)
         except ReplayError as err:
             print(f"deltaworld demo: {err}; the node's log:\n{tail(node.log())}", file=sys.stderr)
-            return 1
+            return None
         finally:
             code = stop_node(node)
-    print(f"[demo] 4/5 node stopped (exit code {code}); replay: {summary_line(summary)}")
+    print(f"[demo] {camera} 4/5 node stopped (exit code {code}); replay: {summary_line(summary)}")
 
-    print(f"[demo] 5/5 scoring the node's published forecasts -> {report}")
+    print(f"[demo] {camera} 5/5 scoring the node's published forecasts -> {report}")
     options = EvalOptions(
         bag=bag,
         image_topic=IMAGE_TOPIC,
@@ -110,19 +158,14 @@ def run(args: argparse.Namespace) -> int:
         predictions=predictions,
         backend=backend,
         progress=not args.no_progress,
+        with_model=True,  # the model's own segmentation of the present: copy-last
     )
     try:
         evaluation = evaluate(options)
     except EvalError as err:
         print(f"deltaworld demo: {err}", file=sys.stderr)
-        return 1
-    paths = write_report(report, evaluation)
-    print(summary_text(evaluation.metrics))
-    print(
-        f"[demo] done in {time.monotonic() - start:.0f} s. Report: {paths['html']} "
-        f"(also {paths['markdown'].name}, metrics.json and the figures beside it)"
-    )
-    return 0 if evaluation.metrics["scored"] and code == 0 else 1
+        return None
+    return write_report(report, evaluation), evaluation, code
 
 
 def wait_ready(node: NodeProcess, timeout: float) -> bool:

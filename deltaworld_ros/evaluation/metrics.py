@@ -61,3 +61,14 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     ra, rb = ra - ra.mean(), rb - rb.mean()
     denominator = np.sqrt((ra * ra).sum() * (rb * rb).sum())
     return float((ra * rb).sum() / denominator) if denominator > 0 else float("nan")
+
+
+def patch_majority(labels: np.ndarray, grid: tuple[int, int], num_classes: int) -> np.ndarray:
+    """Label maps (..., H, W) -> (..., h, w): the majority class of each patch of the grid."""
+    height, width = labels.shape[-2:]
+    h, w = grid
+    if height % h or width % w:
+        raise ValueError(f"labels {height}x{width} do not split into a {h}x{w} patch grid")
+    cells = labels.reshape(*labels.shape[:-2], h, height // h, w, width // w)
+    counts = np.stack([(cells == c).sum((-3, -1)) for c in range(num_classes)])
+    return counts.argmax(0)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from rosbags.highlevel import AnyReader
 from tqdm import tqdm
 
@@ -40,7 +41,8 @@ from deltaworld_ros.evaluation.report import summary_text, write_report
 from deltaworld_ros.io.bags import IMAGE, IMAGE_TYPES, bag_topics, read_images, read_messages
 from deltaworld_ros.io.images import stamp_ns
 from deltaworld_ros.model.config import generic_classes
-from deltaworld_ros.model.store import ModelDirError, default_model_dir, read_manifest
+from deltaworld_ros.model.probes import TokenProbe, partner_pairs, probe_tokens
+from deltaworld_ros.model.store import ModelDirError, default_model_dir, load_model, read_manifest
 from deltaworld_ros.ros.futures import decode_futures, parse_layout
 from deltaworld_ros.runtime.engine import open_engine
 from deltaworld_ros.runtime.forecaster import (
@@ -50,6 +52,7 @@ from deltaworld_ros.runtime.forecaster import (
     FrameInput,
     StreamOverrides,
 )
+from deltaworld_ros.runtime.postprocess import disagreement
 
 BASELINES = ("most_confident", "best_of_k", "mean_of_k", "copy_last", "copy_last_target")
 RELIABILITY_BINS = 8
@@ -302,6 +305,39 @@ def _finite(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
 
 
+class TokenPairs:
+    """The pairs of DeltaTok's token probes: consecutive kept frames of one segment, their
+    features; a uniform sample of at most `limit` pairs over the whole recording."""
+
+    def __init__(self, limit: int = 256, seed: int = 0) -> None:
+        self.limit = limit
+        self.rng = np.random.default_rng(seed)
+        self.pairs: list[tuple[np.ndarray, np.ndarray, int]] = []  # previous, current, segment
+        self.seen = 0
+        self.previous: tuple[int, int, np.ndarray] | None = None  # index, segment, features
+
+    def add(self, index: int, segment: int, features: np.ndarray) -> None:
+        last = self.previous
+        if last is not None and last[0] == index - 1 and last[1] == segment:
+            self.seen += 1
+            pair = (last[2], features, segment)
+            if len(self.pairs) < self.limit:
+                self.pairs.append(pair)
+            elif (slot := int(self.rng.integers(self.seen))) < self.limit:
+                self.pairs[slot] = pair
+        self.previous = (index, segment, features)
+
+    def probe(self, model_dir: Path) -> TokenProbe | None:
+        """None when no segment has two pairs (a pair needs another of its own segment)."""
+        streams = np.array([segment for *_, segment in self.pairs])
+        if len(streams) == len(np.unique(streams)):
+            return None
+        x = torch.from_numpy(np.stack([p for p, _, _ in self.pairs]))
+        y = torch.from_numpy(np.stack([c for _, c, _ in self.pairs]))
+        partner = partner_pairs(streams, self.rng)
+        return probe_tokens(load_model(model_dir).tokenizer, x.float(), y.float(), partner)
+
+
 # --------------------------------------------------------------------------------------------
 # Frames: the ones the Forecaster's gate keeps, in segments between history restarts.
 
@@ -434,6 +470,8 @@ class Example:
     hypotheses: np.ndarray  # (K, T, h, w)
     confidence: np.ndarray  # (K,)
     horizon_s: list[float | None]  # seconds from the present to each step's frame
+    present: np.ndarray | None  # the model's own segmentation of the present frame (copy-last)
+    disagreement: float  # share of the hypotheses' pixels off the per-pixel mode of the K
 
 
 @dataclass
@@ -463,6 +501,7 @@ class EvalOptions:
     seed: int = 0
     examples: int = 3
     progress: bool = True
+    with_model: bool = False  # --predictions: the model runs too (own segmentation, probes)
 
 
 def evaluate(options: EvalOptions) -> Evaluation:
@@ -499,7 +538,7 @@ class Evaluator:
         # The model runs for offline forecasts, and for pseudo-labels of the node's forecasts.
         self.forecaster: Forecaster | None = None
         self.model_info: dict[str, Any] = {}
-        if options.predictions is None or not self.label_topic:
+        if options.predictions is None or not self.label_topic or options.with_model:
             self.forecaster, self.model_info = _open_forecaster(
                 options, self.num_hypotheses, self.horizon
             )
@@ -517,7 +556,8 @@ class Evaluator:
         self.stats = FrameStats()
         self.timings: list[dict[str, float]] = []
         self.matched: Counter = Counter()
-        self.examples: list[Example] = []
+        self.examples: dict[int, Example] = {}  # part of the bag -> its example
+        self.token_pairs = TokenPairs(seed=options.seed)
         self.first_stamp: int | None = None
         self.unlabelled = 0  # kept frames without a label of the same header stamp
 
@@ -526,9 +566,7 @@ class Evaluator:
         gating = self.forecaster.config if self.forecaster else ForecasterConfig()  # the node's
         gate = Gate(self.interval_s, gating.gate_tolerance, gating.max_gap)
         kept = keep_frames(read_images(options.bag, options.image_topic), gate, self.stats)
-        total = _message_count(options.bag, options.image_topic)
-        every = total / options.examples
-        self.thresholds = deque((i + 0.5) * every for i in range(options.examples))
+        total = self.total = _message_count(options.bag, options.image_topic)
         with tqdm(total=total, unit="msg", desc="eval", disable=not options.progress) as bar:
             for frame, futures in with_futures(kept, self.horizon):
                 bar.update(frame.message + 1 - bar.n)
@@ -540,7 +578,11 @@ class Evaluator:
         unmatched = sum(len(q) for q in self.published.values())
         if unmatched:
             self.matched["published forecasts with no input frame of that stamp"] = unmatched
-        examples = [e for e in self.examples if all(t is not None for t in e.targets[1:])]
+        examples = [
+            self.examples[part]
+            for part in sorted(self.examples)
+            if all(t is not None for t in self.examples[part].targets[1:])
+        ]
         self.class_names, self.palette = _complete_classes(
             *self.model_classes, self.classes.num_classes
         )
@@ -560,6 +602,7 @@ class Evaluator:
             self.classes.score_present(offline.current_classes, label)
         self.classes.observe(frame.index, frame.stamp_ns, target)
         if offline is not None:
+            self.token_pairs.add(frame.index, frame.segment, offline.current_features)
             self.features.observe(frame.index, frame.stamp_ns, offline.current_features)
             self.features.forecast(
                 _Pending(
@@ -572,7 +615,7 @@ class Evaluator:
                     _pad([f.index for f in futures], self.horizon),
                 )
             )
-        for example in self.examples:
+        for example in self.examples.values():
             for i, wanted in enumerate(example.indices):
                 if wanted == frame.index:
                     example.targets[i] = target
@@ -602,20 +645,47 @@ class Evaluator:
                 [f.index if f is not None else None for f in chosen],
             )
         )
-        if self.thresholds and frame.message >= self.thresholds[0] and None not in chosen:
-            self.thresholds.popleft()
-            self.examples.append(
-                Example(
-                    stamp_s=frame.stamp_ns / 1e9,
-                    offset_s=(frame.stamp_ns - self.first_stamp) / 1e9,
-                    frames=[frame.rgb] + [f.rgb for f in chosen],
-                    targets=[target] + [None] * self.horizon,
-                    indices=[frame.index] + [f.index for f in chosen],
-                    hypotheses=hypotheses,
-                    confidence=confidence,
-                    horizon_s=[0.0] + [(f.stamp_ns - frame.stamp_ns) / 1e9 for f in chosen],
-                )
+        self._offer_example(frame, chosen, target, hypotheses, confidence, offline)
+
+    def _offer_example(
+        self,
+        frame: KeptFrame,
+        chosen: list[KeptFrame | None],
+        target: np.ndarray | None,
+        hypotheses: np.ndarray,
+        confidence: np.ndarray,
+        offline: Forecast | None,
+    ) -> None:
+        """Per equal part of the bag, the forecast whose hypotheses disagree most."""
+        if not self.options.examples or None in chosen:
+            return
+        part = min(frame.message * self.options.examples // self.total, self.options.examples - 1)
+        spread = float(disagreement(hypotheses).mean())
+        held = self.examples.get(part)
+        if held is None or spread > held.disagreement:
+            self.examples[part] = Example(
+                stamp_s=frame.stamp_ns / 1e9,
+                offset_s=(frame.stamp_ns - self.first_stamp) / 1e9,
+                frames=[frame.rgb] + [f.rgb for f in chosen],
+                targets=[target] + [None] * self.horizon,
+                indices=[frame.index] + [f.index for f in chosen],
+                hypotheses=hypotheses,
+                confidence=confidence,
+                horizon_s=[0.0] + [(f.stamp_ns - frame.stamp_ns) / 1e9 for f in chosen],
+                present=offline.current_classes if offline is not None else None,
+                disagreement=spread,
             )
+
+    def _token_probe(self, notes: list[str]) -> dict[str, float] | None:
+        """DeltaTok's token reliance and identity ratio on consecutive kept frames (the
+        definitions: model/probes.py); None with a note when they cannot be measured."""
+        if self.forecaster is None:
+            return None
+        probe = self.token_pairs.probe(Path(self.model_info["dir"]))
+        if probe is None:
+            notes.append("token probes omitted: no run of 3 consecutive kept frames")
+            return None
+        return probe.as_dict() | {"pairs_in_recording": self.token_pairs.seen}
 
     def _offline(self, frame: KeptFrame, futures: list[KeptFrame]) -> Forecast | None:
         """The Forecaster on this frame, told the true stamps of the frames that came next
@@ -720,6 +790,7 @@ class Evaluator:
             metrics["predictions"] = dict(self.matched)
             metrics["replay"] = self.recording.replay
             metrics["node"] = self.recording.node
+        metrics["tokens"] = self._token_probe(notes)
         if self.features is not None:
             metrics["features"] = {
                 "source": "offline Forecaster run",
@@ -1003,6 +1074,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="/deltaworld/futures",
         help="the node's futures topic in --predictions (its /confidence and /layout beside it)",
     )
+    parser.add_argument(
+        "--with-model",
+        action="store_true",
+        help="with --predictions and labels: run the model on the frames too (its own "
+        "segmentation of the present, copy-last, feature errors and token probes)",
+    )
     parser.add_argument("--examples", type=int, default=3, help="example mosaics in the report")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -1026,6 +1103,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         examples=args.examples,
         progress=not args.no_progress,
+        with_model=args.with_model,
     )
     out = args.out or args.bag.with_name(args.bag.name.rstrip("/") + "_eval")
     try:

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 import matplotlib
 import numpy as np
 
+from deltaworld_ros.runtime.postprocess import disagreement
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
@@ -92,6 +94,13 @@ def summary_text(metrics: dict[str, Any]) -> str:
         lines.append(
             f"  step {step['step']} (+{_num(step['horizon_s'], 2)} s, {step['scored']} scored): "
             + ", ".join(f"{LINES[k][0]} mIoU {_num(v)}" for k, v in miou.items() if k in LINES)
+        )
+    tokens = metrics.get("tokens")
+    if tokens:
+        lines.append(
+            f"  DeltaTok: token reliance {_num(tokens['token_reliance'])} (1 = the token is "
+            f"ignored), identity error / copy-last error {_num(tokens['identity_ratio'])}, "
+            f"{tokens['pairs']} frame pairs"
         )
     quality = metrics["class_maps"]["rollout_confidence"]
     if quality.get("forecasts"):
@@ -190,6 +199,31 @@ def report_blocks(metrics: dict[str, Any], figures: dict[str, Path]) -> list[Blo
                 ),
             ),
         ]
+    if metrics.get("tokens"):
+        tokens = metrics["tokens"]
+        blocks += [
+            Block("h2", "DeltaTok token probes"),
+            Block(
+                "p",
+                f"On {tokens['pairs']} pairs of consecutive kept frames (a uniform sample of the "
+                f"recording's {tokens['pairs_in_recording']}). Token reliance: the error of a "
+                "pair decoded with the token of another pair of the same segment, divided by "
+                "the error with its own token (1: the decoder ignores the token). Identity "
+                "ratio: the error of decode(encode(y, y), y) against y, divided by the "
+                "copy-last error (0: 'no change' decodes to no change).",
+            ),
+            Block(
+                "table",
+                (
+                    ["token reliance", "identity ratio", "explained", "copy-last MSE", "pairs"],
+                    [
+                        [_num(tokens[key]) for key in ("token_reliance", "identity_ratio")]
+                        + [_num(tokens["explained"]), _num(tokens["copy_error"], 4)]
+                        + [tokens["pairs"]]
+                    ],
+                ),
+            ),
+        ]
     blocks += [
         Block("h2", "Confidence quality"),
         Block(
@@ -234,7 +268,11 @@ def report_blocks(metrics: dict[str, Any], figures: dict[str, Path]) -> list[Blo
             name,
             f"Example ({name}): the frames that really came, their "
             f"{'labels' if metrics['target']['kind'] == 'labels' else 'pseudo-labels'}, and "
-            "the K hypotheses with their confidences (most confident first).",
+            "the model's own segmentation of the present frame (copy-last) beside the labels "
+            "held still, where the K hypotheses differ at each step (share of the K off the "
+            "pixel's mode, dark: all agree), and the K with their confidences (most confident "
+            "first). Each example: the forecast whose hypotheses differ most in its equal part "
+            "of the recording.",
         )
         blocks.append(Block("figure", (path.name, caption)))
     return blocks
@@ -435,12 +473,14 @@ def plot_latency(metrics: dict[str, Any], path: Path) -> Path:
 def plot_example(
     example: Example, palette: np.ndarray, metrics: dict[str, Any], path: Path
 ) -> Path:
-    """Columns: the present, then each step. Rows: the camera frames, their labels, then the
-    K hypotheses (most confident first) with their confidences."""
+    """Columns: the present, then each step. Rows: the camera frames, their labels (the first
+    one: the labels held still), the model's own segmentation of the present (copy-last) and
+    where the K hypotheses differ at each step, then the K (most confident first)."""
     k, t = example.hypotheses.shape[:2]
     order = np.argsort(-example.confidence, kind="stable")
     target_name = "label" if metrics["target"]["kind"] == "labels" else "pseudo-label"
-    rows, cols = 2 + k, 1 + t
+    rows, cols = 3 + k, 1 + t
+    spread = disagreement(example.hypotheses)  # (T, h, w) share of the K off the pixel's mode
     fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 1.75 * rows), squeeze=False)
     for ax in axes.flat:
         ax.set_xticks([])
@@ -455,8 +495,16 @@ def plot_example(
         if example.targets[c] is not None:
             axes[1, c].imshow(_colour(example.targets[c], palette))
         axes[1, c].set_title(f"{target_name} {when}", fontsize=8)
+    if example.present is not None:
+        axes[2, 0].imshow(_colour(example.present, palette))
+    axes[2, 0].set_title("model now = copy-last", fontsize=8)
+    for step in range(t):
+        axes[2, 1 + step].imshow(spread[step], cmap="magma", vmin=0, vmax=1 - 1 / max(k, 2))
+        axes[2, 1 + step].set_title(
+            f"K differ: {100 * (spread[step] > 0).mean():.0f} % of px", fontsize=8
+        )
     for row, h in enumerate(order):
-        ax = axes[2 + row, 0]
+        ax = axes[3 + row, 0]
         ax.text(
             0.5,
             0.5,
@@ -467,9 +515,9 @@ def plot_example(
             transform=ax.transAxes,
         )
         for step in range(t):
-            axes[2 + row, 1 + step].imshow(_colour(example.hypotheses[h, step], palette))
+            axes[3 + row, 1 + step].imshow(_colour(example.hypotheses[h, step], palette))
             if row == 0:
-                axes[2, 1 + step].set_title(f"forecast step {step + 1}", fontsize=8)
+                axes[3, 1 + step].set_title(f"forecast step {step + 1}", fontsize=8)
     source = "forecast published by the node" if metrics["mode"] == "predictions" else "forecast"
     fig.suptitle(
         f"{source} {example.offset_s:.2f} s into {Path(metrics['bag']).name} "

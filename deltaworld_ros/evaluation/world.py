@@ -1,21 +1,17 @@
-"""`deltaworld evaluate-world`: the paper's forecasting table on held-out synthetic sequences.
+"""`deltaworld evaluate-world`: the paper's forecasting table on held-out synthetic worlds.
 
-For every evaluation case (a window of `context_length` frames of a held-out world, followed
-by the true future) four forecasts are scored at 1 and 3 steps ahead:
-  copy-last        the last context frame's features, unchanged;
-  baseline         the deterministic predictor (one learned query), rolled out;
-  DeltaWorld mean  K sampled hypotheses, each scored on its own (all K counted);
-  DeltaWorld best  the hypothesis closest to the true features at that horizon (oracle).
-mIoU: the seg head on the (predicted) features, upsampled to the label size, against the
-world's true labels, one confusion matrix per method over all cases. Feature loss: mean squared
-error against the backbone features of the true future frame. Mode coverage: see COVERAGE.
+Cases: a window of `context_length` frames of a held-out world, then the true future. Every
+case is forecast by each method and scored at each of HORIZONS steps ahead (DEFINITIONS says
+what each method and measure is). The held-out worlds come in seed sets (`--seed-sets`); every
+set is scored on its own, so a difference between methods can be told apart from the
+difference between two sets of worlds.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,25 +21,70 @@ import torch
 from ..model.deltatok import tokenize_offline
 from ..model.deltaworld import DeltaWorld, best_of_k, rollout
 from ..model.loading import load_module_file
+from ..model.probes import TokenProbe, partner_pairs, probe_tokens
 from ..model.store import default_model_dir, read_manifest
 from ..model.world_model import WorldModel
-from ..synth import AGENT_CLASSES, CLASS_NAMES, PALETTE, WorldConfig
+from ..runtime.postprocess import disagreement
+from ..synth import AGENT_CLASSES, CLASS_NAMES, PALETTE, StreetWorld, WorldConfig
 from ..train.data import HELD_OUT_SEED_BASE, camera_for, render_clip
-from .metrics import confusion, feature_error, iou_per_class, mean_iou
+from .metrics import (
+    confusion,
+    feature_error,
+    iou_per_class,
+    mean_iou,
+    patch_majority,
+)
+from .world_results import (
+    CameraResult,
+    Coverage,
+    Covered,
+    HorizonScores,
+    Score,
+    SeedSetResult,
+    WorldEvaluation,
+    method_targets,
+    table_markdown,
+    target_rows,
+    to_json,
+)
 
 HORIZONS = (1, 3)
-METHODS = ("oracle", "copy_last", "baseline", "mean_of_k", "best_of_k")
+METHODS = ("oracle", "copy_last", "baseline", "feature_mean", "single", "best_of_k")
 CAMERAS = ("static", "vehicle")
+COVERED_BY = ("copy_last", "baseline", "feature_mean", "best_of_k")
 AGENT_IOU_THRESHOLD = 0.5
-COVERAGE = (
-    "Mode coverage: among branched cases (a visible agent of the world made a random decision "
-    "- turn or go straight, wait, cross, walk on, pull out - at a world tick after the last "
-    "context frame and no later than the 3-step target frame), the fraction in which at least "
-    f"one hypothesis has agent IoU >= {AGENT_IOU_THRESHOLD} at 3 steps. Agent IoU of a class "
-    "map = pixels where prediction and truth agree on an agent class (car, bus, cyclist, "
-    "pedestrian) / pixels where either says agent. Copy-last and the baseline have one "
-    "hypothesis."
-)
+FORKS = 4  # alternative futures rendered per case to find out whether it branched
+BRANCH_PATCHES = 2  # patches whose majority label must differ for a case to count as branched
+DEFINITIONS = {
+    "oracle": "the seg head on the backbone features of the true future frame: the ceiling "
+    "of every forecast scored through the head",
+    "copy-last": "the model's own segmentation of the last context frame, held still",
+    "deterministic baseline": "the predictor trained with one learned query, rolled out",
+    "mean of K": "the head on the average of the K hypotheses' features (the authors' mean)",
+    "single hypothesis": "each of the K hypotheses scored on its own, all K in one confusion "
+    "matrix: the expected score of one sampled hypothesis",
+    "best-of-K": "per case the hypothesis with the lowest smooth-L1 feature loss against the "
+    "true future features at that step (an oracle pick: what the K contain)",
+    "mIoU": "seg head on the (predicted) features, upsampled to the label size, against the "
+    "world's labels; one confusion matrix per method, camera and seed set over all cases",
+    "feature loss": "mean squared error to the backbone features of the true future frame",
+    "branched": f"a case whose future branched at patch level: among {FORKS} forks of the "
+    "world at the last context frame (same past, re-seeded decisions of agents and ego "
+    f"vehicle), at least one whose labels at the last step differ from the true future's in "
+    f">= {BRANCH_PATCHES} patches (majority label of each patch of the model's grid)",
+    "diversity": "share of the K hypotheses' patches (the head's per-patch argmax at the last "
+    "step) whose class differs from the per-patch mode over the K; mean over the cases",
+    "mode coverage": "a forecast covers a branched case when its agent IoU at the last step is "
+    f">= {AGENT_IOU_THRESHOLD} (agent IoU of a class map: pixels where prediction and truth "
+    "agree on an agent class / pixels where either says agent; best-of-K: the best of the K). "
+    "Absolute: share of the branched cases covered; relative: the share among the branched "
+    "cases the oracle covers",
+    "token reliance": "DeltaTok's error on a pair of consecutive frames decoded with another "
+    "pair's token of the same world, divided by the error with its own token (1: the token is "
+    "ignored)",
+    "identity ratio": "error of decode(encode(y, y), y) against y, divided by the copy-last "
+    "error of the same pairs (0: 'no change' decodes to no change)",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +95,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="model directory (default: the embedded default model)",
     )
     parser.add_argument("--out", type=Path, default=Path("results/world"))
-    parser.add_argument("--sequences", type=int, default=16, help="held-out sequences (default 16)")
+    parser.add_argument(
+        "--sequences", type=int, default=8, help="held-out worlds per seed set (default 8)"
+    )
+    parser.add_argument(
+        "--seed-sets",
+        type=int,
+        default=2,
+        help="seed sets of --sequences worlds each, scored apart to show the spread (default 2)",
+    )
     parser.add_argument(
         "--seed",
         type=int,
@@ -68,24 +117,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @dataclass
-class Scores:
-    """Accumulated confusion matrices and feature errors of one method at one horizon."""
-
-    matrix: np.ndarray
-    feature: list[float] = field(default_factory=list)
-
-    def summary(self) -> dict[str, Any]:
-        iou = iou_per_class(self.matrix)
-        return {
-            "miou": mean_iou(self.matrix),
-            "feature_loss": float(np.mean(self.feature)) if self.feature else float("nan"),
-            "iou_per_class": {
-                CLASS_NAMES[i]: (None if np.isnan(v) else float(v)) for i, v in enumerate(iou)
-            },
-        }
-
-
-@dataclass
 class Case:
     """What the figure needs of one case."""
 
@@ -95,6 +126,7 @@ class Case:
     truth: np.ndarray  # (T, H, W) labels
     copy_last: np.ndarray  # (H, W)
     baseline: np.ndarray  # (T, H, W)
+    feature_mean: np.ndarray  # (T, H, W)
     hypotheses: np.ndarray  # (K, T, H, W)
     losses: np.ndarray  # (K,) feature loss at the last step
     seed: int
@@ -102,8 +134,33 @@ class Case:
     events: list[str]
 
 
+@dataclass
+class Sequence:
+    """One held-out world's clip, its forecasts at every case, and which cases branched."""
+
+    seed: int
+    camera: str
+    rgb: np.ndarray  # (F, H, W, 3)
+    labels: np.ndarray  # (F, H, W)
+    stamps: np.ndarray  # (F,) header stamps, s
+    features: torch.Tensor  # (F, N, C) backbone features of every frame
+    lasts: np.ndarray  # (W,) index of each case's last context frame
+    branched: np.ndarray  # (W,) bool
+    events: list[list[str]]  # per case, the visible decisions after its last context frame
+
+
+@dataclass
+class Forecasts:
+    """The features each method forecasts for the cases of one sequence."""
+
+    present: torch.Tensor  # (W, N, C) the last context frame
+    baseline: torch.Tensor  # (W, T, N, C)
+    sampled: torch.Tensor  # (W, K, T, N, C)
+    truth: torch.Tensor  # (W, T, N, C)
+
+
 def agent_iou(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Agent IoU per map over the last two axes (see COVERAGE); 1 where neither has agents."""
+    """Agent IoU per map over the last two axes (see DEFINITIONS); 1 where neither has agents."""
     agents = np.array(AGENT_CLASSES)
     p, t = np.isin(pred, agents), np.isin(truth, agents)
     inter = (p & t & (pred == truth)).sum((-2, -1))
@@ -128,10 +185,17 @@ def world_setup(manifest_provenance: dict[str, Any], cfg) -> tuple[WorldConfig, 
     """The world config, ticks per kept frame and camera mix the model was trained on."""
     data = manifest_provenance.get("data", {})
     h, w = cfg.image_size
-    fps = float(data.get("world", {}).get("fps", WorldConfig.fps))
-    stride = int(data.get("stride", max(1, round(cfg.frame_interval * fps))))
+    # the trained world's camera, density and nuisance; size and camera come from the model
+    known = {f.name for f in fields(WorldConfig)} - {"height", "width", "camera"}
+    trained = {k: v for k, v in data.get("world", {}).items() if k in known}
+    world = WorldConfig(height=h, width=w, **trained)
+    stride = int(data.get("stride", max(1, round(cfg.frame_interval * world.fps))))
     vehicle_fraction = float(data.get("vehicle_fraction", 0.5))
-    return WorldConfig(height=h, width=w, fps=fps), stride, vehicle_fraction
+    return world, stride, vehicle_fraction
+
+
+def seed_sets(first: int, sequences: int, sets: int) -> list[range]:
+    return [range(first + i * sequences, first + (i + 1) * sequences) for i in range(sets)]
 
 
 def _check_held_out(seeds: range, provenance: dict[str, Any]) -> None:
@@ -149,242 +213,358 @@ def _check_held_out(seeds: range, provenance: dict[str, Any]) -> None:
 
 
 def class_maps(model: WorldModel, features: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """Features (..., N, C) -> class ids (..., H, W): seg head, upsampled to `size`, argmax."""
+    """Features (..., N, C) -> class ids (..., H, W): seg head, upsampled to `size`, argmax.
+    At size = the model's grid: the head's per-patch argmax."""
     flat = features.reshape(-1, *features.shape[-2:])
     logits = model.seg_head(flat, model.cfg.grid, size)
     return logits.argmax(1).reshape(*features.shape[:-2], *size).numpy()
 
 
+def render_sequence(
+    model: WorldModel,
+    world_cfg: WorldConfig,
+    seed: int,
+    camera: str,
+    frames: int,
+    stride: int,
+    lasts: np.ndarray,
+    steps: int,
+) -> Sequence:
+    """Render a world frame by frame; at each case's last context frame, fork it FORKS times
+    and render the alternative futures' labels to tell whether the case branched."""
+    world, _ = render_clip(replace(world_cfg, camera=camera), seed, 0, stride, burn_in=20)
+    grid, n_cls = model.cfg.grid, model.cfg.head.num_classes
+    clip, alternatives = [], {}
+    for i in range(frames):
+        clip.append(world.step(stride))
+        if i in lasts:
+            alternatives[i] = [_future_labels(world.fork(seed * FORKS + f), steps, stride)
+                               for f in range(FORKS)]  # fmt: skip
+    world.advance(steps * stride)  # the decisions right after the last frame are logged too
+    labels = np.stack([f.labels for f in clip])
+    ticks = np.array([f.index for f in clip])
+    rgb = np.stack([f.rgb for f in clip])
+    branched, events = [], []
+    for last in lasts:
+        truth = patch_majority(labels[last + steps], grid, n_cls)
+        differ = [
+            int((patch_majority(alt, grid, n_cls) != truth).sum()) for alt in alternatives[last]
+        ]
+        branched.append(max(differ) >= BRANCH_PATCHES)
+        lo, hi = ticks[last], ticks[last + steps]
+        events.append([f"{e.kind} {e.decision}" for e in _visible(world, lo, hi)])
+    with torch.no_grad():
+        features = model.backbone(torch.from_numpy(rgb).permute(0, 3, 1, 2).float())
+    stamps = np.array([f.stamp_s for f in clip])
+    return Sequence(
+        seed, camera, rgb, labels, stamps, features, lasts, np.array(branched, bool), events
+    )
+
+
+def _future_labels(world: StreetWorld, steps: int, stride: int) -> np.ndarray:
+    """The labels of a world's frame `steps` kept frames ahead."""
+    *_, last = world.frames(steps, stride)
+    return last.labels
+
+
+def _visible(world: StreetWorld, lo: int, hi: int) -> list:
+    return [e for e in world.events if e.visible and lo < e.step <= hi]
+
+
 @torch.no_grad()
-def evaluate(
+def forecast(
     model: WorldModel,
     baseline: DeltaWorld,
-    provenance: dict[str, Any],
+    seq: Sequence,
+    k: int,
+    generator: torch.Generator,
+) -> Forecasts:
+    ctx, steps = model.cfg.context_length, max(HORIZONS)
+    window = seq.lasts[:, None] + np.arange(-ctx + 1, 1)  # (W, L)
+    future = seq.lasts[:, None] + np.arange(1, steps + 1)  # (W, T)
+    y, stamps = seq.features, seq.stamps
+    z = tokenize_offline(model.tokenizer, y[torch.from_numpy(window)], model.black_features())
+    t0 = stamps[window[:, :1]]
+    t_ctx = torch.from_numpy(stamps[window] - t0).float()
+    t_fut = torch.from_numpy(stamps[future] - t0).float()
+    x = y[torch.from_numpy(seq.lasts)]
+    w = len(seq.lasts)
+    queries = model.world.sample_queries(steps, w * k, 1, generator=generator)
+    sampled = rollout(model.world, model.tokenizer, z, t_ctx, x, t_fut, queries).preds
+    det = rollout(
+        baseline, model.tokenizer, z, t_ctx, x, t_fut, baseline.sample_queries(steps, w, 1)
+    ).preds[:, 0]
+    return Forecasts(x, det, sampled, y[torch.from_numpy(future)])
+
+
+@dataclass
+class Tally:
+    """What one camera (or all) of one seed set accumulates over its cases."""
+
+    num_classes: int
+    matrices: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
+    feature: dict[tuple[str, int], list[float]] = field(default_factory=dict)
+    branched_matrices: dict[str, np.ndarray] = field(default_factory=dict)
+    branched_feature: dict[str, list[float]] = field(default_factory=dict)
+    diversity: list[float] = field(default_factory=list)  # branched cases
+    diversity_all: list[float] = field(default_factory=list)
+    covered: dict[str, list[bool]] = field(default_factory=dict)  # branched cases
+    cases: int = 0
+    branched: int = 0
+    pairs: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # per sequence
+
+    def __post_init__(self) -> None:
+        n = self.num_classes
+        for m in METHODS:
+            self.branched_matrices[m] = np.zeros((n, n), np.int64)
+            self.branched_feature[m] = []
+            for h in HORIZONS:
+                self.matrices[m, h] = np.zeros((n, n), np.int64)
+                self.feature[m, h] = []
+        self.covered = {m: [] for m in ("oracle", *COVERED_BY)}
+
+    def merge(self, other: Tally) -> None:
+        for key, matrix in other.matrices.items():
+            self.matrices[key] = self.matrices[key] + matrix
+            self.feature[key] = self.feature[key] + other.feature[key]
+        for m, matrix in other.branched_matrices.items():
+            self.branched_matrices[m] = self.branched_matrices[m] + matrix
+            self.branched_feature[m] = self.branched_feature[m] + other.branched_feature[m]
+        for m, values in other.covered.items():
+            self.covered[m] = self.covered[m] + values
+        self.diversity += other.diversity
+        self.diversity_all += other.diversity_all
+        self.cases += other.cases
+        self.branched += other.branched
+
+
+def score_cases(
+    model: WorldModel, tally: Tally, truth: np.ndarray, f: Forecasts, branched: np.ndarray
+) -> None:
+    """Add the cases of one sequence: truth (W, T, H, W) labels, their forecasts, which
+    branched (W,)."""
+    n_cls, k = tally.num_classes, f.sampled.shape[1]
+    size = truth.shape[-2:]
+    mean = f.sampled.mean(1)  # (W, T, N, C) the feature average of the K
+    maps = {
+        "oracle": class_maps(model, f.truth, size),
+        "copy_last": class_maps(model, f.present, size),
+        "baseline": class_maps(model, f.baseline, size),
+        "feature_mean": class_maps(model, mean, size),
+        "sampled": class_maps(model, f.sampled, size),  # (W, K, T, H, W)
+    }
+    every = np.arange(len(truth))
+    last = max(HORIZONS)
+    final = truth[:, last - 1]
+    for h in HORIZONS:
+        j = h - 1
+        target = truth[:, j]
+        tf = f.truth[:, j].numpy()
+        errs = feature_error(f.sampled[:, :, j].numpy(), tf[:, None])  # (W, K)
+        _, best = best_of_k(f.sampled[:, :, : j + 1], f.truth[:, j])
+        best = best.numpy()
+        forecasts = {
+            "oracle": (maps["oracle"][:, j], np.zeros(len(truth))),
+            "copy_last": (maps["copy_last"], feature_error(f.present.numpy(), tf)),
+            "baseline": (maps["baseline"][:, j], feature_error(f.baseline[:, j].numpy(), tf)),
+            "feature_mean": (maps["feature_mean"][:, j], feature_error(mean[:, j].numpy(), tf)),
+            "single": (maps["sampled"][:, :, j], errs.mean(1)),
+            "best_of_k": (maps["sampled"][every, best, j], errs[every, best]),
+        }
+        for m, (pred, err) in forecasts.items():
+            tgt = target if pred.ndim == target.ndim else np.repeat(target[:, None], k, 1)
+            tally.matrices[m, h] += confusion(pred, tgt, n_cls)
+            tally.feature[m, h] += err.tolist()
+            if h == last:
+                tally.branched_matrices[m] += confusion(pred[branched], tgt[branched], n_cls)
+                tally.branched_feature[m] += err[branched].tolist()
+    patches = class_maps(model, f.sampled[:, :, -1], model.cfg.grid)  # (W, K, h, w)
+    off = np.array([disagreement(p).mean() for p in patches])  # share off the mode
+    tally.diversity_all += off.tolist()
+    tally.diversity += off[branched].tolist()
+    ious = {
+        "oracle": agent_iou(maps["oracle"][:, -1], final),
+        "copy_last": agent_iou(maps["copy_last"], final),
+        "baseline": agent_iou(maps["baseline"][:, -1], final),
+        "feature_mean": agent_iou(maps["feature_mean"][:, -1], final),
+        # coverage: whether ANY of the K covers the case, so the best of the K by agent IoU
+        "best_of_k": agent_iou(maps["sampled"][:, :, -1], final[:, None]).max(1),
+    }
+    for m, v in ious.items():
+        tally.covered[m] += (v[branched] >= AGENT_IOU_THRESHOLD).tolist()
+    tally.cases += len(truth)
+    tally.branched += int(branched.sum())
+
+
+def _score(matrix: np.ndarray, feature: list[float]) -> Score:
+    iou = iou_per_class(matrix)
+    return Score(
+        miou=mean_iou(matrix),
+        feature_loss=float(np.mean(feature)) if feature else float("nan"),
+        iou_per_class={
+            CLASS_NAMES[i]: (None if np.isnan(v) else float(v)) for i, v in enumerate(iou)
+        },
+    )
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def camera_result(camera: str, tally: Tally, tokens: TokenProbe | None) -> CameraResult:
+    def horizon(step: int, read) -> HorizonScores:
+        return HorizonScores(step, **{m: read(m) for m in METHODS})
+
+    horizons = [
+        horizon(h, lambda m, h=h: _score(tally.matrices[m, h], tally.feature[m, h]))
+        for h in HORIZONS
+    ]
+    branched = None
+    if tally.branched:
+        branched = horizon(
+            max(HORIZONS),
+            lambda m: _score(tally.branched_matrices[m], tally.branched_feature[m]),
+        )
+    oracle = np.array(tally.covered["oracle"], bool)
+
+    def covered(method: str) -> Covered:
+        hits = np.array(tally.covered[method], bool)
+        return Covered(
+            absolute=float(hits.mean()) if len(hits) else None,
+            relative=float(hits[oracle].mean()) if oracle.any() else None,
+        )
+
+    return CameraResult(
+        camera=camera,
+        cases=tally.cases,
+        branched_cases=tally.branched,
+        horizons=horizons,
+        branched=branched,
+        diversity=_mean(tally.diversity),
+        diversity_all_cases=_mean(tally.diversity_all),
+        coverage=Coverage(_mean(oracle.tolist()), *(covered(m) for m in COVERED_BY)),
+        tokens=tokens,
+    )
+
+
+def token_probe(model: WorldModel, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> TokenProbe:
+    """DeltaTok's probes on the consecutive frame pairs of some sequences (one stream each)."""
+    x = torch.cat([p for p, _ in pairs])
+    y = torch.cat([c for _, c in pairs])
+    streams = np.concatenate([np.full(len(p), i) for i, (p, _) in enumerate(pairs)])
+    partner = partner_pairs(streams, np.random.default_rng(0))
+    return probe_tokens(model.tokenizer, x, y, partner)
+
+
+@torch.no_grad()
+def evaluate_set(
+    model: WorldModel,
+    baseline: DeltaWorld,
+    world: tuple[WorldConfig, int, float],
     seeds: range,
     frames: int,
     every: int,
     k: int,
     generator: torch.Generator,
-) -> tuple[dict[str, Any], Case | None]:
+    figure: list[tuple[float, Case]],
+) -> SeedSetResult:
+    """One seed set; the branched case whose hypotheses disagree most goes to `figure`."""
+    world_cfg, stride, vehicle_fraction = world
+    ctx, steps = model.cfg.context_length, max(HORIZONS)
+    tallies = {cam: Tally(model.cfg.head.num_classes) for cam in CAMERAS}
+    lasts = np.arange(ctx - 1, frames - steps, every)
+    for i, seed in enumerate(seeds):
+        camera = camera_for(i, vehicle_fraction)
+        seq = render_sequence(model, world_cfg, seed, camera, frames, stride, lasts, steps)
+        f = forecast(model, baseline, seq, k, generator)
+        truth = seq.labels[lasts[:, None] + np.arange(1, steps + 1)]
+        score_cases(model, tallies[camera], truth, f, seq.branched)
+        tallies[camera].pairs.append((seq.features[:-1], seq.features[1:]))
+        _offer_figure(figure, seq, f, truth, model)
+    results = [
+        camera_result(
+            cam,
+            tallies[cam],
+            token_probe(model, tallies[cam].pairs) if tallies[cam].pairs else None,
+        )
+        for cam in CAMERAS
+    ]
+    pooled = Tally(model.cfg.head.num_classes)
+    for cam in CAMERAS:
+        pooled.merge(tallies[cam])
+    results.append(camera_result("all", pooled, None))
+    return SeedSetResult(seeds.start, seeds.stop - 1, results)
+
+
+def _offer_figure(
+    figure: list[tuple[float, Case]],
+    seq: Sequence,
+    f: Forecasts,
+    truth: np.ndarray,
+    model: WorldModel,
+) -> None:
+    """Keep in `figure` the branched case whose hypotheses disagree most at the last step."""
+    spread = f.sampled[:, :, -1].var(dim=1, unbiased=False).mean(dim=(-2, -1)).numpy()
+    spread[~seq.branched] = -1
+    c = int(spread.argmax())
+    if not seq.branched.any() or (figure and spread[c] <= figure[0][0]):
+        return
+    ctx, steps = model.cfg.context_length, truth.shape[1]
+    last = seq.lasts[c]
+    size = truth.shape[-2:]
+    losses = feature_error(f.sampled[c, :, -1].numpy(), f.truth[c, -1].numpy()[None])
+    figure[:] = [
+        (
+            float(spread[c]),
+            Case(
+                seq.rgb[last - ctx + 1 : last + 1],
+                seq.labels[last - ctx + 1 : last + 1],
+                seq.rgb[last + 1 : last + 1 + steps],
+                truth[c],
+                class_maps(model, f.present[c], size),
+                class_maps(model, f.baseline[c], size),
+                class_maps(model, f.sampled[c].mean(0), size),
+                class_maps(model, f.sampled[c], size),
+                losses,
+                seq.seed,
+                seq.camera,
+                seq.events[c],
+            ),
+        )
+    ]
+
+
+def evaluate(
+    model: WorldModel,
+    baseline: DeltaWorld,
+    provenance: dict[str, Any],
+    sets: list[range],
+    frames: int,
+    every: int,
+    k: int,
+    generator: torch.Generator,
+) -> tuple[list[SeedSetResult], Case | None]:
     cfg = model.cfg
     if tuple(cfg.head.class_names) != tuple(CLASS_NAMES):
         raise SystemExit(
             f"the model's classes {cfg.head.class_names} are not the synth world's "
             f"{CLASS_NAMES}; evaluate-world needs a model trained on the world"
         )
-    world_cfg, stride, vehicle_fraction = world_setup(provenance, cfg)
     ctx, steps = cfg.context_length, max(HORIZONS)
     if frames < ctx + steps:
         raise SystemExit(f"--frames must be >= context {ctx} + {steps} steps")
-    n_cls = cfg.head.num_classes
-    scores = {
-        (cam, m, h): Scores(np.zeros((n_cls, n_cls), np.int64))
-        for cam in CAMERAS
-        for m in METHODS
-        for h in HORIZONS
-    }
-    spread: dict[int, list[float]] = {h: [] for h in HORIZONS}
-    coverage: dict[str, list[bool]] = {m: [] for m in ("copy_last", "baseline", "deltaworld")}
-    best_agent_iou: dict[str, list[float]] = {m: [] for m in coverage}
-    black = model.black_features()
-    figure_case: Case | None = None
-    figure_spread = -1.0
-    counts = {"cases": 0, "branched": 0, "static": 0, "vehicle": 0}
-    for i, seed in enumerate(seeds):
-        camera = camera_for(i, vehicle_fraction)
-        world, clip = render_clip(
-            replace(world_cfg, camera=camera), seed, frames, stride, burn_in=20
-        )
-        world.advance(steps * stride)  # the decisions right after the last frame are logged too
-        rgb = np.stack([f.rgb for f in clip])
-        labels = np.stack([f.labels for f in clip])
-        stamps = np.array([f.stamp_s for f in clip])
-        ticks = np.array([f.index for f in clip])
-        decided = np.array([e.step for e in world.events if e.visible], np.int64)
-        y = model.backbone(torch.from_numpy(rgb).permute(0, 3, 1, 2).float())  # (F, N, C)
-        lasts = np.arange(ctx - 1, frames - steps, every)
-        w = len(lasts)
-        window = lasts[:, None] + np.arange(-ctx + 1, 1)  # (W, L)
-        future = lasts[:, None] + np.arange(1, steps + 1)  # (W, T)
-        z = tokenize_offline(model.tokenizer, y[torch.from_numpy(window)], black)  # (W, L, C)
-        t0 = stamps[window[:, :1]]
-        t_ctx = torch.from_numpy(stamps[window] - t0).float()
-        t_fut = torch.from_numpy(stamps[future] - t0).float()
-        x = y[torch.from_numpy(lasts)]
-        queries = model.world.sample_queries(steps, w * k, 1, generator=generator)
-        sampled = rollout(model.world, model.tokenizer, z, t_ctx, x, t_fut, queries).preds
-        det = rollout(
-            baseline, model.tokenizer, z, t_ctx, x, t_fut, baseline.sample_queries(steps, w, 1)
-        ).preds[:, 0]
-        truth_y = y[torch.from_numpy(future)]  # (W, T, N, C)
-        size = (labels.shape[1], labels.shape[2])
-        maps = {
-            "oracle": class_maps(model, truth_y, size),
-            "copy_last": class_maps(model, x, size),
-            "baseline": class_maps(model, det, size),
-            "sampled": class_maps(model, sampled, size),
-        }
-        truth = labels[future]  # (W, T, H, W)
-        every_case = np.arange(w)
-        for h in HORIZONS:
-            j = h - 1
-            target = truth[:, j]
-            tf = truth_y[:, j].numpy()
-            hyp = maps["sampled"][:, :, j]  # (W, K, H, W)
-            errs = feature_error(sampled[:, :, j].numpy(), tf[:, None])  # (W, K)
-            _, best = best_of_k(sampled[:, :, : j + 1], truth_y[:, j])
-            best = best.numpy()
-            forecasts = {
-                "oracle": (maps["oracle"][:, j], np.zeros(w)),
-                "copy_last": (maps["copy_last"], feature_error(x.numpy(), tf)),
-                "baseline": (maps["baseline"][:, j], feature_error(det[:, j].numpy(), tf)),
-                "mean_of_k": (hyp, errs.mean(1)),
-                "best_of_k": (hyp[every_case, best], errs[every_case, best]),
-            }
-            for m, (pred, err) in forecasts.items():
-                tgt = target if pred.ndim == target.ndim else np.repeat(target[:, None], k, 1)
-                scores[camera, m, h].matrix += confusion(pred, tgt, n_cls)
-                scores[camera, m, h].feature += err.tolist()
-            if k > 1:  # mean squared distance between two hypotheses = 2 x their variance
-                var = sampled[:, :, j].var(dim=1, unbiased=True).mean(dim=(-2, -1))
-                spread[h] += (2 * var).tolist()
-        # mode coverage on branched cases, at the last horizon
-        lo, hi = ticks[lasts], ticks[future[:, -1]]
-        branched = ((decided[None, :] > lo[:, None]) & (decided[None, :] <= hi[:, None])).any(1)
-        last = truth[:, -1]
-        ious = {
-            "copy_last": agent_iou(maps["copy_last"], last),
-            "baseline": agent_iou(maps["baseline"][:, -1], last),
-            "deltaworld": agent_iou(maps["sampled"][:, :, -1], last[:, None]).max(1),
-        }
-        for m, v in ious.items():
-            coverage[m] += (v[branched] >= AGENT_IOU_THRESHOLD).tolist()
-            best_agent_iou[m] += v[branched].tolist()
-        counts["cases"] += w
-        counts["branched"] += int(branched.sum())
-        counts[camera] += w
-        # the figure: the branched case whose hypotheses disagree most at the last step
-        case_spread = sampled[:, :, -1].var(dim=1, unbiased=False).mean(dim=(-2, -1)).numpy()
-        case_spread[~branched] = -1
-        c = int(case_spread.argmax())
-        if branched.any() and case_spread[c] > figure_spread:
-            figure_spread = float(case_spread[c])
-            losses = feature_error(sampled[c, :, -1].numpy(), truth_y[c, -1].numpy()[None])
-            names = [
-                f"{e.kind} {e.decision}"
-                for e in world.events
-                if e.visible and lo[c] < e.step <= hi[c]
-            ]
-            figure_case = Case(
-                rgb[window[c]],
-                labels[window[c]],
-                rgb[future[c]],
-                truth[c],
-                maps["copy_last"][c],
-                maps["baseline"][c],
-                maps["sampled"][c],
-                losses,
-                seed,
-                camera,
-                names,
-            )
-    table = {}
-    for m in METHODS:
-        for h in HORIZONS:
-            pooled = Scores(sum(scores[cam, m, h].matrix for cam in CAMERAS))
-            for cam in CAMERAS:
-                pooled.feature += scores[cam, m, h].feature
-                table[f"{m}@{h}/{cam}"] = scores[cam, m, h].summary()
-            table[f"{m}@{h}"] = pooled.summary()
-    cov = {m: (float(np.mean(v)) if v else None) for m, v in coverage.items()}
-    mean_best = {m: (float(np.mean(v)) if v else None) for m, v in best_agent_iou.items()}
-    return {
-        "scores": table,
-        "mode_coverage": cov,
-        "branched_agent_iou": mean_best,
-        "hypothesis_spread": {str(h): (float(np.mean(v)) if v else 0.0) for h, v in spread.items()},
-        "counts": counts,
-    }, figure_case
-
-
-def _fmt(v: float | None, digits: int = 3) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{digits}f}"
-
-
-def table_markdown(result: dict[str, Any], k: int) -> str:
-    s, cov = result["scores"], result["mode_coverage"]
-    rows = [
-        ("copy-last", "copy_last", cov["copy_last"]),
-        ("deterministic baseline", "baseline", cov["baseline"]),
-        (f"DeltaWorld mean-of-{k}", "mean_of_k", None),
-        (f"DeltaWorld best-of-{k}", "best_of_k", cov["deltaworld"]),
+    world = world_setup(provenance, cfg)
+    figure: list[tuple[float, Case]] = []
+    results = [
+        evaluate_set(model, baseline, world, seeds, frames, every, k, generator, figure)
+        for seeds in sets
     ]
-
-    def miou(key: str) -> str:
-        return f"{100 * s[key]['miou']:.1f}"
-
-    agent = result["branched_agent_iou"]
-    agent_key = {"copy_last": "copy_last", "baseline": "baseline", "best_of_k": "deltaworld"}
-    lines = [
-        "| method | mIoU 1-step | mIoU 3-step | feature loss 1-step | feature loss 3-step "
-        "| mode coverage | agent IoU, branched |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for label, key, c in rows:
-        a = agent.get(agent_key.get(key, ""))
-        lines.append(
-            f"| {label} | {miou(f'{key}@1')} | {miou(f'{key}@3')} "
-            f"| {_fmt(s[f'{key}@1']['feature_loss'], 4)} "
-            f"| {_fmt(s[f'{key}@3']['feature_loss'], 4)} "
-            f"| {'-' if key == 'mean_of_k' else _fmt(None if c is None else 100 * c, 1)} "
-            f"| {'-' if key == 'mean_of_k' else _fmt(None if a is None else 100 * a, 1)} |"
-        )
-    lines.append(
-        f"| *seg head on the true future features (upper bound)* | {miou('oracle@1')} "
-        f"| {miou('oracle@3')} | 0 | 0 | - | - |"
-    )
-    lines += [
-        "",
-        "mIoU by camera (1-step / 3-step):",
-        "",
-        "| method | static camera | vehicle camera |",
-        "|---|---|---|",
-    ]
-    for label, key, _ in [*rows, ("true future features", "oracle", None)]:
-        cells = [f"{miou(f'{key}@1/{cam}')} / {miou(f'{key}@3/{cam}')}" for cam in CAMERAS]
-        lines.append(f"| {label} | {' | '.join(cells)} |")
-    n = result["counts"]
-    spread = result["hypothesis_spread"]
-    lines += [
-        "",
-        f"{n['cases']} cases ({n['static']} static camera, {n['vehicle']} vehicle camera) from "
-        f"{result['sequences']} held-out worlds (seeds {result['seeds']}, layouts never seen "
-        f"in training), {n['branched']} branched. mIoU in %, one confusion matrix over all "
-        "cases; feature loss = mean squared error to the backbone features of the true future "
-        "frame; mean-of-K scores every hypothesis, best-of-K the one with the lowest smooth-L1 "
-        "(beta 0.1) feature error at that horizon (an oracle pick). Hypothesis spread (mean "
-        f"squared distance between two hypotheses): {_fmt(spread['1'], 4)} at 1 step, "
-        f"{_fmt(spread['3'], 4)} at 3 steps.",
-        "",
-        COVERAGE + " Agent IoU, branched: its mean over the branched cases (for DeltaWorld "
-        "the best of the K hypotheses per case), in %.",
-        "",
-        f"Acceptance (best-of-K > baseline > copy-last in mIoU at both horizons): "
-        f"{'yes' if result['acceptance'] else 'NO'}.",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def acceptance(result: dict[str, Any]) -> bool:
-    s = result["scores"]
-    return all(
-        s[f"best_of_k@{h}"]["miou"] > s[f"baseline@{h}"]["miou"] > s[f"copy_last@{h}"]["miou"]
-        for h in HORIZONS
-    )
+    return results, (figure[0][1] if figure else None)
 
 
 def save_figure(case: Case, path: Path, max_hypotheses: int = 6) -> None:
-    """Context frames, the true future, copy-last, baseline and hypotheses (best first)."""
+    """Context frames, the true future, copy-last, baseline, the mean of K and hypotheses
+    (best first)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -392,7 +572,7 @@ def save_figure(case: Case, path: Path, max_hypotheses: int = 6) -> None:
 
     ctx, steps = len(case.context_rgb), len(case.truth)
     order = np.argsort(case.losses)[:max_hypotheses]
-    rows = 4 + len(order)
+    rows = 5 + len(order)
     cols = ctx + steps
     fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.55 * rows), squeeze=False)
     for ax in axes.flat:
@@ -410,14 +590,16 @@ def save_figure(case: Case, path: Path, max_hypotheses: int = 6) -> None:
         show(1, ctx + j, case.truth[j], f"true labels t+{j + 1}")
         show(2, ctx + j, case.copy_last, "copy-last")
         show(3, ctx + j, case.baseline[j], "baseline")
+        show(4, ctx + j, case.feature_mean[j], f"mean of {len(case.losses)}")
         for r, h in enumerate(order):
             show(
-                4 + r,
+                5 + r,
                 ctx + j,
                 case.hypotheses[h, j],
                 f"hyp {h} (loss {case.losses[h]:.3f})" if j == steps - 1 else f"hyp {h}",
             )
-    decided = "\n".join(["decided after t+0:", *case.events[:5]])
+    events = case.events[:5] or ["none logged"]
+    decided = "\n".join(["agents decided after t+0:", *events])
     axes[3, 0].text(0, 0.5, decided, fontsize=8, va="center")
     fig.suptitle(
         f"held-out world {case.seed} ({case.camera} camera): {len(case.losses)} "
@@ -431,6 +613,9 @@ def save_figure(case: Case, path: Path, max_hypotheses: int = 6) -> None:
 
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
+    for name, value in (("--sequences", args.sequences), ("--seed-sets", args.seed_sets)):
+        if value < 1:
+            raise SystemExit(f"{name} must be >= 1, got {value}")
     directory = args.model or default_model_dir()
     manifest = read_manifest(directory)
     from ..model.store import load_model
@@ -442,25 +627,27 @@ def run(args: argparse.Namespace) -> int:
             f"{directory} has no deterministic baseline predictor "
             f"(weights/world_baseline.safetensors); train it with --stages baseline"
         )
-    seeds = range(args.seed, args.seed + args.sequences)
-    _check_held_out(seeds, manifest.provenance)
+    sets = seed_sets(args.seed, args.sequences, args.seed_sets)
+    _check_held_out(range(sets[0].start, sets[-1].stop), manifest.provenance)
     generator = torch.Generator().manual_seed(args.seed)
-    result, case = evaluate(
-        model, baseline, manifest.provenance, seeds, args.frames, args.every, args.k, generator
+    results, case = evaluate(
+        model, baseline, manifest.provenance, sets, args.frames, args.every, args.k, generator
     )
-    result.update(
+    evaluation = WorldEvaluation(
         model=str(directory),
         k=args.k,
-        sequences=args.sequences,
-        seeds=f"{seeds.start}..{seeds.stop - 1}",
+        horizons=HORIZONS,
         frames=args.frames,
         every=args.every,
-        coverage_definition=COVERAGE,
+        sequences_per_set=args.sequences,
+        seed_sets=results,
+        targets=target_rows(method_targets(args.k), results),
+        definitions=DEFINITIONS,
     )
-    result["acceptance"] = acceptance(result)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "metrics.json").write_text(json.dumps(result, indent=1) + "\n")
-    table = table_markdown(result, args.k)
+    document = to_json(evaluation) | {"all_targets_met": evaluation.all_targets_met}
+    (args.out / "metrics.json").write_text(json.dumps(document, indent=1) + "\n")
+    table = table_markdown(evaluation)
     (args.out / "table.md").write_text(table)
     if case is not None:
         save_figure(case, args.out / "figure.png")

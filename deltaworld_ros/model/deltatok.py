@@ -54,13 +54,26 @@ class DeltaTok(nn.Module):
         return self.norm(h[:, :1])
 
     def decode(
-        self, z: torch.Tensor, x: torch.Tensor, rescale: float | torch.Tensor = 1.0
+        self,
+        z: torch.Tensor,
+        x: torch.Tensor,
+        rescale: float | torch.Tensor = 1.0,
+        token_bias: float = 0.0,
     ) -> torch.Tensor:
-        """z (B, 1, C), x (B, N, C) -> predicted features (B, N, C); no final norm."""
+        """z (B, 1, C), x (B, N, C) -> predicted features (B, N, C); no final norm.
+
+        `token_bias` (training only) is added to every attention logit of the token: a
+        curriculum that makes a freshly initialised decoder listen to its one token among N
+        patches before it has learnt to by itself.
+        """
         cos, sin = self.rope(rescale)
         h = torch.cat((z, x), dim=1)
+        bias = None
+        if token_bias:
+            bias = torch.zeros(1, h.shape[1], dtype=h.dtype, device=h.device)
+            bias[0, 0] = token_bias
         for block in self.decoder_blocks:
-            h = block(h, cos, sin)
+            h = block(h, cos, sin, bias)
         return h[:, 1:]
 
     def forward_train(
@@ -73,10 +86,11 @@ class DeltaTok(nn.Module):
         return y_hat, log_cosh(y_hat - y_cur)
 
 
-def log_cosh(d: torch.Tensor) -> torch.Tensor:
-    """mean(log cosh d), in the overflow-free form |d| + softplus(-2|d|) - ln 2."""
+def log_cosh(d: torch.Tensor, dim: tuple[int, ...] | None = None) -> torch.Tensor:
+    """mean(log cosh d) over `dim` (all by default), overflow-free: |d| + softplus(-2|d|) - ln 2."""
     a = d.abs()
-    return (a + nn.functional.softplus(-2 * a) - math.log(2)).mean()
+    value = a + nn.functional.softplus(-2 * a) - math.log(2)
+    return value.mean() if dim is None else value.mean(dim=dim)
 
 
 def tokenize_offline(tokenizer: DeltaTok, y: torch.Tensor, black: torch.Tensor) -> torch.Tensor:

@@ -97,13 +97,20 @@ class SelfAttention(nn.Module):
         self.k_norm = nn.LayerNorm(head_dim, bias=False) if qk_norm else None
         self.attn_gate = nn.Linear(dim, num_heads) if gate else None
 
-    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        h: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`bias` (1, L) is added to every query's attention logit of each key (training only)."""
         q = apply_patch_rope(split_heads(self.q_proj(h), self.num_heads), cos, sin)
         k = apply_patch_rope(split_heads(self.k_proj(h), self.num_heads), cos, sin)
         v = split_heads(self.v_proj(h), self.num_heads)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, h, L, d)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, h, L, d)
         if self.attn_gate is not None:
             out = out * torch.sigmoid(self.attn_gate(h)).transpose(1, 2).unsqueeze(-1)
         return self.o_proj(merge_heads(out))
@@ -129,8 +136,14 @@ class Block(nn.Module):
         self.mlp = SwiGLU(dim, mlp_hidden) if deltatok else GeluMLP(dim, mlp_hidden)
         self.layer_scale2 = LayerScale(dim, layer_scale_init)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.layer_scale1(self.attention(self.norm1(x), cos, sin))
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        attention_bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = x + self.layer_scale1(self.attention(self.norm1(x), cos, sin, attention_bias))
         return x + self.layer_scale2(self.mlp(self.norm2(x)))
 
 

@@ -1,23 +1,18 @@
 """Procedural street world with multimodal futures: frames, labels, stamps, rosbag2 export."""
 
+from .agents import BranchEvent
 from .classes import AGENT_CLASSES, CLASS_NAMES, PALETTE, colorize
-from .world import (
-    BranchEvent,
-    Frame,
-    Sequence,
-    StreetWorld,
-    WorldConfig,
-    render_sequence,
-    sample_clip,
-)
+from .config import WorldConfig
+from .render import Frame
+from .world import Clip, StreetWorld, render_sequence, sample_clip
 
 __all__ = [
     "AGENT_CLASSES",
     "CLASS_NAMES",
     "PALETTE",
     "BranchEvent",
+    "Clip",
     "Frame",
-    "Sequence",
     "StreetWorld",
     "WorldConfig",
     "colorize",

@@ -19,9 +19,9 @@ import numpy as np
 class CameraModel:
     """Mounting of the camera: height above ground, pitch below the horizon, vertical FOV."""
 
-    height_m: float = 40.0
-    pitch_deg: float = 70.0
-    vfov_deg: float = 45.0
+    height_m: float
+    pitch_deg: float
+    vfov_deg: float
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class View:
 
 
 @lru_cache(maxsize=16)
-def make_view(height: int, width: int, ppm: float, model: CameraModel = CameraModel()) -> View:
+def make_view(height: int, width: int, ppm: float, model: CameraModel) -> View:
     """Precompute the canvas lookup of a (height, width) image."""
     phi = math.radians(model.pitch_deg)
     focal = (height / 2) / math.tan(math.radians(model.vfov_deg) / 2)

@@ -11,7 +11,8 @@ from tqdm import tqdm
 
 from deltaworld_ros.io.bags import ImageBagWriter
 
-from .world import StreetWorld, WorldConfig
+from .config import WorldConfig
+from .world import StreetWorld
 
 DEFAULT_START_S = 1_767_225_600  # 2026-01-01T00:00:00Z: header stamps look like a real recording
 
@@ -19,7 +20,7 @@ DEFAULT_START_S = 1_767_225_600  # 2026-01-01T00:00:00Z: header stamps look like
 def _size(text: str) -> tuple[int, int]:
     match = re.fullmatch(r"(\d+)x(\d+)", text)
     if not match:
-        raise argparse.ArgumentTypeError(f"size must look like HxW (e.g. 128x128), got {text!r}")
+        raise argparse.ArgumentTypeError(f"size must look like HxW (e.g. 96x96), got {text!r}")
     return int(match.group(1)), int(match.group(2))
 
 
@@ -29,7 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="world seed (layout, agents, noise)")
     parser.add_argument("--camera", choices=("static", "vehicle"), default="static")
     parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
-    parser.add_argument("--size", type=_size, default=(128, 128), help="HxW (default 128x128)")
+    parser.add_argument(
+        "--size", type=_size, default=(96, 96), help="HxW (default 96x96, the small model's)"
+    )
     parser.add_argument("--fps", type=float, default=10.0, help="nominal frame rate (default 10)")
     parser.add_argument("--image-topic", default="/camera/image_raw")
     parser.add_argument("--label-topic", default="/camera/labels")

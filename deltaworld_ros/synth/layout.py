@@ -14,16 +14,16 @@ from functools import lru_cache
 
 import numpy as np
 
-from .classes import BUILDING, LANE_MARKING, ROAD, SIDEWALK, TERRAIN, VEGETATION
+from .classes import BUILDING, ROAD, SIDEWALK, TERRAIN, VEGETATION
 
 
 @dataclass(frozen=True)
 class Street:
     """Metric street geometry shared by the layout and the agents (metres, y grows south)."""
 
-    lane_w: float = 3.5
-    park_w: float = 2.5
-    sidewalk_w: float = 3.0
+    lane_w: float = 3.0
+    park_w: float = 2.0
+    sidewalk_w: float = 2.5
     junction_spacing: float = 64.0
     junctions: int = 3
     depth_m: float = 96.0
@@ -138,7 +138,6 @@ def _paint_base(p: _Painter, street: Street) -> None:
     rel_x = np.mod(p.x, street.junction_spacing) - street.junction_spacing / 2
     zebra_ns &= np.mod(rel_x, 1.2)[None, :] < 0.6
     marks = centre | edge | zebra_ew | zebra_ns
-    p.labels[marks] = LANE_MARKING
     p.rgb[marks] = np.array([228, 226, 215], np.float32)
     p.rgb[centre] = np.array([222, 190, 60], np.float32)
 

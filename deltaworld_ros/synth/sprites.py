@@ -8,7 +8,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .classes import BUS, CAR, CYCLIST, PEDESTRIAN
+from .classes import BUS, CAR, PERSON
 
 HEADING_BINS = 64
 
@@ -22,6 +22,7 @@ class Body:
     width: float
     height: float
     colours: np.ndarray  # (n, 3) body / shirt colours
+    drawn_scale: float = 1.0  # people are drawn larger than life so a patch of 8 px sees them
 
 
 BODIES: dict[str, Body] = {
@@ -47,14 +48,15 @@ BODIES: dict[str, Body] = {
     ),
     "bus": Body(BUS, 10.0, 2.5, 3.2, np.array([(200, 40, 36), (230, 190, 40), (50, 110, 180)])),
     "cyclist": Body(
-        CYCLIST,
+        PERSON,
         1.8,
         0.7,
         1.7,
         np.array([(230, 60, 40), (40, 160, 220), (250, 210, 30), (60, 200, 90), (240, 240, 240)]),
+        drawn_scale=2.0,
     ),
     "pedestrian": Body(
-        PEDESTRIAN,
+        PERSON,
         0.6,
         0.9,
         1.7,
@@ -70,6 +72,7 @@ BODIES: dict[str, Body] = {
                 (240, 110, 150),
             ]
         ),
+        drawn_scale=2.4,
     ),
 }
 
@@ -90,6 +93,7 @@ def sprite(kind: str, colour: int, bin_: int, ppm: float) -> Sprite:
     """Shaded top-down sprite of `kind` heading `bin_` (0 = east, clockwise on screen)."""
     body = BODIES[kind]
     base = body.colours[colour % len(body.colours)].astype(np.float32)
+    ppm *= body.drawn_scale
     r = int(math.ceil(0.5 * math.hypot(body.length, body.width) * ppm)) + 1
     g = (np.arange(2 * r + 1, dtype=np.float32) - r) / ppm
     gx, gy = g[None, :], g[:, None]

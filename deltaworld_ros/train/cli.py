@@ -37,6 +37,7 @@ from safetensors.torch import save_file
 from ..model.config import HeadConfig, ModelConfig, preset
 from ..model.deltaworld import DeltaWorld
 from ..model.loading import load_module_file, save_weights
+from ..model.probes import MIN_TOKEN_RELIANCE, TokenProbe
 from ..model.store import read_manifest, write_manifest
 from ..model.world_model import WorldModel
 from ..synth import WorldConfig
@@ -46,6 +47,7 @@ from .data import (
     SynthData,
     bag_store,
     cached_synth_store,
+    clip_groups,
     synth_head_classes,
     video_store,
 )
@@ -185,6 +187,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="rollout steps the predictor is trained for (default 3)",
     )
     train.add_argument("--seed", type=int, default=0, help="initialisation, sampling, world seeds")
+    train.add_argument(
+        "--min-token-reliance",
+        type=float,
+        default=MIN_TOKEN_RELIANCE,
+        help="stop after the tokenizer stage when decoding with another frame's token is "
+        f"not this much worse than with its own (default {MIN_TOKEN_RELIANCE}; 0: never)",
+    )
     train.add_argument("--threads", type=int, default=2, help="torch threads per process")
     train.add_argument(
         "--stop-at", type=int, help="pause every stage after this step (resume by running again)"
@@ -376,10 +385,44 @@ def run(args: argparse.Namespace) -> int:
             features = None  # the backbone changed
         if name == "tokenizer":
             tokens = None
+            results[name]["token_probe"] = _check_tokenizer(
+                model, store, features, dist, args.min_token_reliance
+            )
     if dist.main:
         _write_model_dir(args, cfg, model, baseline, store, results, data_seconds)
     dist.barrier()
     return 0
+
+
+def _check_tokenizer(
+    model: WorldModel, store: FrameStore, features: torch.Tensor, dist: Distributed, minimum: float
+) -> dict[str, dict[str, float]]:
+    """Token reliance and identity error per camera; stops training when the token is ignored."""
+    mine = st.probe_store_tokens(model.tokenizer, store, features, clip_groups(store))
+    groups: dict[str, list[TokenProbe]] = {}
+    for probes in dist.gather(mine):
+        for group, probe in probes.items():
+            groups.setdefault(group, []).append(probe)
+    pooled = {group: TokenProbe.pooled(probes) for group, probes in sorted(groups.items())}
+    if dist.main:
+        for group, p in pooled.items():
+            print(
+                f"tokenizer check, {group}: token reliance {p.reliance:.2f}, identity error / "
+                f"copy-last {p.identity_ratio:.3f}, explained {p.explained:.2f} "
+                f"({p.pairs} pairs)",
+                flush=True,
+            )
+    ignored = {g: p.reliance for g, p in pooled.items() if p.reliance < minimum}
+    if ignored:
+        what = ", ".join(f"{g} {r:.2f}" for g, r in ignored.items())
+        raise SystemExit(
+            f"deltaworld train: the tokenizer ignores its delta token (token reliance {what}; "
+            f"needs >= {minimum}): a pair decodes as well with another frame's token as with "
+            "its own, so forecasts cannot differ. Train the tokenizer longer (--steps "
+            "tokenizer=N --fresh), check that consecutive kept frames really change "
+            "(--frame-interval), or pass --min-token-reliance 0 to keep it anyway."
+        )
+    return {group: p.as_dict() for group, p in pooled.items()}
 
 
 def _stage(name, model, baseline, cfg, store, s, features, tokens, black, weights, args, seq_len):

@@ -92,7 +92,7 @@ class SynthData:
 
     num_clips: int = 2400
     clip_length: int = 12  # kept frames per clip
-    stride: int = 2  # world ticks (1/fps) per kept frame: frame_interval = stride / fps
+    stride: int = 4  # world ticks (1/fps) per kept frame: frame_interval = stride / fps
     vehicle_fraction: float = 0.5  # share of clips seen from a moving car (the rest: static)
     burn_in: tuple[int, int] = (5, 60)  # ticks simulated before the first frame
     seed: int = 0  # training world seeds are seed * num_clips + i < HELD_OUT_SEED_BASE
@@ -119,6 +119,15 @@ def camera_for(index: int, vehicle_fraction: float) -> str:
     """Deterministic static / vehicle mix with exactly the given share of vehicle clips."""
     moving = int((index + 1) * vehicle_fraction) > int(index * vehicle_fraction)
     return "vehicle" if moving else "static"
+
+
+def clip_groups(store: FrameStore) -> np.ndarray:
+    """A name per clip of the store: its camera for the synth world, else the source kind."""
+    source = store.source
+    if source.get("kind") == "synth":
+        rank, size, share = source["rank"], source["world_size"], source["vehicle_fraction"]
+        return np.array([camera_for(rank + j * size, share) for j in range(len(store.clips))])
+    return np.full(len(store.clips), source.get("kind", "recording"))
 
 
 def render_clip(

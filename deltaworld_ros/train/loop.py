@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as tdist
@@ -49,6 +50,14 @@ class Distributed:
         t = torch.tensor([value], dtype=torch.float64)
         tdist.all_reduce(t)
         return float(t[0]) / self.world_size
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's value (tensors, numbers, strings), in rank order."""
+        if self.world_size == 1:
+            return [value]
+        out: list = [None] * self.world_size
+        tdist.all_gather_object(out, value)
+        return out
 
 
 def init_distributed() -> Distributed:
@@ -126,14 +135,6 @@ def _rng_states(generator: torch.Generator) -> dict[str, torch.Tensor]:
     return {"torch": torch.get_rng_state(), "sampler": generator.get_state()}
 
 
-def _gather(dist: Distributed, states: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-    if dist.world_size == 1:
-        return [states]
-    out: list = [None] * dist.world_size
-    tdist.all_gather_object(out, states)
-    return out
-
-
 def _truncate_log(path: Path, step: int) -> None:
     """Drop log lines written after the checkpoint we resume from (they will be redone)."""
     if not path.is_file():
@@ -187,7 +188,7 @@ def train_stage(
     net = DistributedDataParallel(module) if dist.world_size > 1 else module
 
     def save() -> None:
-        states = _gather(dist, _rng_states(generator))
+        states = dist.gather(_rng_states(generator))
         if dist.main:
             body = {
                 "step": step,

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,10 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..model.deltatok import DeltaTok
+from ..model.deltatok import DeltaTok, log_cosh
 from ..model.deltaworld import DeltaWorld
 from ..model.dinov3 import DINOv3
 from ..model.heads import SegHead, to_grid
+from ..model.probes import TokenProbe, partner_pairs, probe_tokens
 from ..model.world_model import WorldModel
 from .data import FrameStore
 
@@ -96,17 +98,81 @@ class SegHeadStage(nn.Module):
 
 
 class TokenizerStage(nn.Module):
-    def __init__(self, tokenizer: DeltaTok) -> None:
+    """DeltaTok reconstruction of y_cur from y_prev through one token, made to use the token.
+
+    Three things keep the decoder from learning a fixed map of y_prev that ignores the token:
+    - the loss is normalised per pair by that pair's own change (log-cosh of copying y_prev),
+      so pairs with a small change (a static camera) count as much as a moving camera's;
+    - a training-only head predicts the pair's change map (log of the per-patch squared
+      change) from the token alone, which makes the token carry where the change is;
+    - no RoPE rescale augmentation unless asked (it costs a small model its positions).
+    Batches come as pairs of pairs of one stream (2i, 2i + 1), so token reliance (error with
+    the other pair's token / own error) is logged on them at every step.
+    """
+
+    def __init__(
+        self,
+        tokenizer: DeltaTok,
+        change_weight: float = 0.5,
+        rope_rescale: bool = False,
+        token_bias_steps: int = 0,
+        spread_weight: float = 0.0,
+    ) -> None:
         super().__init__()
         self.tokenizer = tokenizer
+        self.change_weight = change_weight
+        self.spread_weight = spread_weight
+        self.rope_rescale = rope_rescale
+        # the decoder's attention bias towards the token: log(N) (the token weighs as much as
+        # all patches together) at the start, linearly down to 0 after token_bias_steps
+        self.token_bias_steps = token_bias_steps
+        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))  # checkpointed
+        c, n = tokenizer.cfg.hidden_size, tokenizer.grid[0] * tokenizer.grid[1]
+        self.change_head = nn.Sequential(nn.Linear(c, 4 * c), nn.GELU(), nn.Linear(4 * c, n))
+        init_weights(self.change_head)
 
-    def forward(self, y_prev: torch.Tensor, y_cur: torch.Tensor):
-        y_hat, loss = self.tokenizer.forward_train(y_prev, y_cur)
-        # how much of the change the token explains (1 - err / err of copying y_prev)
+    def token_bias(self) -> float:
+        if not self.training or int(self.steps_done) >= self.token_bias_steps:
+            return 0.0
+        start = math.log(self.tokenizer.grid[0] * self.tokenizer.grid[1])
+        return start * (1 - int(self.steps_done) / self.token_bias_steps)
+
+    def forward(self, y_prev: torch.Tensor, y_cur: torch.Tensor, delta: torch.Tensor):
+        """delta (B,) bool: the pair is two frames of a stream (not an anchor nor identity)."""
+        tok = self.tokenizer
+        rescale = tok.sample_rope_rescale() if self.rope_rescale else 1.0
+        bias = self.token_bias()
+        z = tok.encode(y_prev, y_cur, rescale)
+        y_hat = tok.decode(z, y_prev, rescale, bias)
+        if self.training:
+            self.steps_done += 1
+        error = log_cosh(y_hat - y_cur, dim=(-2, -1))  # (B,)
+        copy = log_cosh(y_prev - y_cur, dim=(-2, -1)).detach()
+        # identity pairs (no change) are weighed against the batch's typical change
+        reconstruction = (error / (copy + 0.1 * copy.mean() + 1e-6)).mean()
+        change = (y_cur - y_prev).square().mean(-1)  # (B, N)
+        target = torch.log1p(change / change.mean().clamp_min(1e-6))
+        change_loss = F.mse_loss(self.change_head(z[:, 0]), target)
+        # the delta tokens of two pairs of one stream must differ (per dimension, std >= 0.5):
+        # without this the token collapses to a per-stream constant the decoder learns to ignore
+        both = delta[0::2] & delta[1::2]
+        d = (z[0::2, 0] - z[1::2, 0])[both]
+        spread = d.square().mean(0).div(2).add(1e-4).sqrt() if len(d) else z.new_ones(1)
+        spread_loss = F.relu(0.5 - spread).mean()
+        loss = reconstruction + self.change_weight * change_loss + self.spread_weight * spread_loss
         with torch.no_grad():
-            err = (y_hat - y_cur).square().mean()
-            copy = (y_prev - y_cur).square().mean().clamp_min(1e-12)
-        return loss, {"explained": 1 - err / copy}
+            own = (y_hat - y_cur).square().mean(dim=(-2, -1))
+            m = len(z) // 2 * 2
+            swapped_z = z[:m].view(m // 2, 2, 1, -1).flip(1).reshape(m, 1, -1)
+            swapped = (tok.decode(swapped_z, y_prev[:m], rescale, bias) - y_cur[:m]).square()
+            metrics = {
+                "explained": 1 - own.mean() / (y_prev - y_cur).square().mean().clamp_min(1e-12),
+                "token_reliance": swapped.mean() / own[:m].mean().clamp_min(1e-12),
+                "change_loss": change_loss.detach(),
+                "token_spread": spread.mean(),
+                "token_bias": torch.tensor(bias),
+            }
+        return loss, metrics
 
 
 class WorldStage(nn.Module):
@@ -170,6 +236,31 @@ def compute_tokens(
     return TokenCache(anchor, delta)
 
 
+# ---------------------------------------------------------------------------- token check
+
+
+def probe_store_tokens(
+    tokenizer: DeltaTok,
+    store: FrameStore,
+    features: torch.Tensor,
+    groups: np.ndarray,
+    clips_per_group: int = 32,
+) -> dict[str, TokenProbe]:
+    """Token reliance and identity error per group of clips (a camera), on consecutive frames
+    of up to `clips_per_group` clips of each group; partners are pairs of the same clip."""
+    out = {}
+    for group in np.unique(groups):
+        clips = np.flatnonzero(groups == group)
+        clips = clips[np.linspace(0, len(clips) - 1, min(clips_per_group, len(clips))).astype(int)]
+        frames = store.clips[clips]  # (M, T)
+        prev = torch.from_numpy(frames[:, :-1].reshape(-1))
+        cur = torch.from_numpy(frames[:, 1:].reshape(-1))
+        stream = np.repeat(np.arange(len(clips)), frames.shape[1] - 1)
+        partner = partner_pairs(stream, np.random.default_rng(0))
+        out[str(group)] = probe_tokens(tokenizer, features[prev], features[cur], partner)
+    return out
+
+
 # ---------------------------------------------------------------------------- samplers
 
 
@@ -207,23 +298,30 @@ def pair_sampler(
     batch_size: int,
     max_stride: int = 3,
     anchor_fraction: float = 0.05,
+    identity_fraction: float = 0.1,
 ):
     """(y_prev, y_cur) of one clip, `stride` kept frames apart: 1 (the model's frame interval)
-    for half the pairs, else uniform in 1..max_stride (dropped frames, other rates); a small
-    share starts from the black frame instead (the anchor of every context)."""
+    for half the pairs, else uniform in 1..max_stride (dropped frames, other rates). Pairs
+    2i and 2i + 1 come from the same clip (for the token reliance metric). A small share starts
+    from the black frame instead (the anchor of every context), another share repeats the
+    current frame (no change must decode to no change)."""
     m, t = store.clips.shape
     max_stride = max(1, min(max_stride, t - 1))
+    if batch_size < 2 or batch_size % 2:
+        raise ValueError(f"the tokenizer's batch size must be even and >= 2, got {batch_size}")
 
     def sample(generator: torch.Generator):
-        clip = _randint(generator, m, batch_size)
+        clip = np.repeat(_randint(generator, m, batch_size // 2), 2)
         stride = 1 + _randint(generator, max_stride, batch_size)
         stride[torch.rand(batch_size, generator=generator).numpy() < 0.5] = 1
         start = (torch.rand(batch_size, generator=generator).numpy() * (t - stride)).astype(int)
-        cur = store.clips[clip, start + stride]
+        cur = features[torch.from_numpy(store.clips[clip, start + stride])]
         prev = features[torch.from_numpy(store.clips[clip, start])]
-        anchor = torch.rand(batch_size, generator=generator) < anchor_fraction
-        prev[anchor] = black[0]
-        return prev, features[torch.from_numpy(cur)]
+        kind = torch.rand(batch_size, generator=generator)
+        prev[kind < anchor_fraction] = black[0]
+        identity = (kind >= anchor_fraction) & (kind < anchor_fraction + identity_fraction)
+        prev[identity] = cur[identity]
+        return prev, cur, kind >= anchor_fraction + identity_fraction
 
     return sample
 
