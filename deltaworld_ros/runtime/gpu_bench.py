@@ -84,7 +84,9 @@ class DeviceStep:
 
     def autocast(self):
         torch = self.torch
-        return torch.autocast(self.device.type, self.dtype, enabled=self.dtype != torch.float32)
+        # no cast cache: a CUDA graph must not capture casts cached outside it
+        enabled = self.dtype != torch.float32
+        return torch.autocast(self.device.type, self.dtype, enabled=enabled, cache_enabled=False)
 
     def fill(self, frames: np.ndarray, stamps: np.ndarray) -> None:
         """Warm the windows from L frames per camera (S, L, H, W, 3) at stamps (S, L)."""
