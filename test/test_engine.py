@@ -15,7 +15,7 @@ from conftest import assert_close
 
 from deltaworld_ros.model.config import tiny
 from deltaworld_ros.model.store import ModelDirError
-from deltaworld_ros.runtime.engine import open_engine
+from deltaworld_ros.runtime.engine import GRAPHS, INPUTS, open_engine
 from deltaworld_ros.runtime.ort_engine import _trt_profiles, provider_name
 from deltaworld_ros.runtime.torch_engine import TorchEngine
 
@@ -58,6 +58,10 @@ def test_tensorrt_profiles_cover_batch_and_context():
         "queries:64x1x128,kv:64x12x64,pos_q:64x1,pos_k:64x12"
     )
     assert _trt_profiles(tiny(), "backbone", 8)["trt_profile_opt_shapes"] == "pixels:2x3x64x64"
+    for graph in GRAPHS:  # every graph a model can have gets its profiles
+        assert _trt_profiles(tiny(), graph, 8)["trt_profile_max_shapes"].startswith(
+            INPUTS[graph][0] + ":8x"
+        )
 
 
 def test_the_onnxruntime_engine_runs_forecasts_without_importing_torch():

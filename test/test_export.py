@@ -102,6 +102,12 @@ def test_encoder_and_head_match_the_fixture(engine, fixture_arrays):
     close(engine, logits, fixture_arrays["out/heads/seg_logits_gt"].reshape(B * T, 5, 4, 4), "seg")
 
 
+def test_depth_matches_the_fixture(engine, fixture_arrays):
+    y = fixture_arrays["out/backbone/y"].reshape(B * T, N, C)
+    depth = engine.depth(y)
+    close(engine, depth, fixture_arrays["out/heads/depth_gt"].reshape(B * T, 1, 4, 4), "depth")
+
+
 def test_rollout_grows_the_context(engine, fixture_arrays):
     """The reference rollout: context 3, then 4 tokens, K = 3 hypotheses of 2 clips (batch 6)."""
     r = "out/world/rollout"

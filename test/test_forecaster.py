@@ -139,6 +139,27 @@ def test_outputs_are_well_formed(engine, clip):
         "total",
     }
     np.testing.assert_allclose(result.future_stamps, stamps[0, 2] + 0.03 * np.arange(1, T + 1))
+    assert result.depth.shape == (K, T, 10, 12) and result.depth.dtype == np.float32
+    assert result.current_depth.shape == (10, 12) and "depth" in result.timings
+
+
+def test_depth_futures_are_the_depth_of_each_rows_predicted_features(engine, clip):
+    """Row k, column t of the depth futures: the depth head on the same predicted features
+    as the class futures' row k, column t, upsampled to the tile."""
+    frames, stamps = clip
+    forecaster = make(engine, output_size=(8, 8), keep_features=True)
+    for t in range(3):
+        result = forecaster.process([frame("cam", stamps[0, t], frames[0, t])])[0]
+    k, t, n, c = result.features.shape
+    on_grid = engine.depth(result.features.reshape(k * t, n, c))
+    expected = forecaster._upsampled(on_grid).reshape(k, t, 8, 8)
+    np.testing.assert_allclose(result.depth, expected, rtol=1e-5)
+    np.testing.assert_allclose(
+        result.current_depth,
+        forecaster._upsampled(engine.depth(result.current_features[None]))[0, 0],
+        rtol=1e-5,
+    )
+    assert result.depth.min() > 0
 
 
 def test_seeded_noise_is_reproducible(engine, clip):

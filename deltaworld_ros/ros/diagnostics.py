@@ -20,6 +20,7 @@ STALE = "dropped: stale"  # replaced in its slot by a newer frame before inferen
 WRONG_SIZE = "dropped: wrong size"
 DECODE_ERROR = "dropped: decode error"  # + " (<kind>)"
 FAILED = "dropped: inference error"
+INACTIVE = "dropped: inactive"  # a managed node that is not active forecasts nothing
 LATENCY = "stamp to publish"  # ROS time at publication - header stamp
 
 
@@ -48,7 +49,9 @@ class NodeStats:
         with self._lock:
             self._forecaster = snapshot
 
-    def report(self, cameras: dict[str, str], engine: dict[str, str]) -> list[DiagnosticStatus]:
+    def report(
+        self, cameras: dict[str, str], engine: dict[str, str], active: bool = True
+    ) -> list[DiagnosticStatus]:
         """One status per camera (cameras: name -> input topic) and one for the engine;
         rates and stage times over the period since the last report, which starts a new one."""
         now = time.monotonic()
@@ -59,7 +62,7 @@ class NodeStats:
             times, self._times = self._times, defaultdict(list)
             self._last_time = now
         statuses = [
-            _camera_status(name, topic, counts[name], counts[name] - last[name], period)
+            _camera_status(name, topic, counts[name], counts[name] - last[name], period, active)
             for name, topic in cameras.items()
         ]
         values = dict(engine)
@@ -81,14 +84,16 @@ class NodeStats:
 
 
 def _camera_status(
-    name: str, topic: str, totals: Counter, recent: Counter, period: float
+    name: str, topic: str, totals: Counter, recent: Counter, period: float, active: bool
 ) -> DiagnosticStatus:
     problems = {
         key: n
         for key, n in recent.items()
         if n > 0 and key.startswith((DECODE_ERROR, WRONG_SIZE, FAILED))
     }
-    if recent[RECEIVED] == 0:
+    if not active:
+        level, message = DiagnosticStatus.OK, f"inactive: {recent[INACTIVE]} frames not forecast"
+    elif recent[RECEIVED] == 0:
         level, message = DiagnosticStatus.WARN, f"no frames on {topic} in the last {period:.1f} s"
     elif problems:
         level = DiagnosticStatus.WARN
@@ -104,6 +109,7 @@ def _camera_status(
         STALE: totals[STALE],
         "dropped: gated": totals["gated"],
         WRONG_SIZE: totals[WRONG_SIZE],
+        INACTIVE: totals[INACTIVE],
     }
     values.update(
         {k: n for k, n in sorted(totals.items()) if k.startswith((DECODE_ERROR, FAILED, "reset"))}

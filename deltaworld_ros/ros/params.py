@@ -24,6 +24,7 @@ TRANSPORTS = ("raw", "compressed")
 CROPS = ("resize", "square")
 BACKENDS = ("onnxruntime", "torch")
 PRECISIONS = ("fp32", "fp16", "int8", "bf16")
+LOG_LEVELS = ("", "debug", "info", "warn", "error", "fatal")
 NAME_TOKEN = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 TOPIC_NAME = re.compile(r"^~?/?[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*$")
 
@@ -108,6 +109,11 @@ SPECS: dict[str, Spec] = {
     "visualization": Spec(True, "publish the rgb8 visualization mosaic"),
     "seed": Spec(0, "seed of the hypotheses' noise", 0, 2**31 - 1),
     "diagnostics_period": Spec(1.0, "s between /diagnostics messages", 0.1, 60.0),
+    "log_level": Spec(
+        "",
+        "level of this node's logger (rcl's keep theirs); '' = --log-level's",
+        choices=LOG_LEVELS,
+    ),  # fmt: skip
 }
 CAMERA_SPECS: dict[str, Spec] = {
     "topic": Spec(
@@ -139,6 +145,7 @@ class NodeSettings:
     cameras: tuple[CameraSettings, ...]
     visualization: bool
     diagnostics_period: float
+    log_level: str
 
 
 def declare_and_read(node: Node, sources: str = "") -> NodeSettings:
@@ -201,6 +208,7 @@ def declare_and_read(node: Node, sources: str = "") -> NodeSettings:
         cameras=tuple(read.camera(name, len(names), namespace) for name in names),
         visualization=values["visualization"],
         diagnostics_period=values["diagnostics_period"],
+        log_level=values["log_level"],
     )
 
 
@@ -271,7 +279,8 @@ class _Reader:
         self.check(
             path.is_dir(), "model_dir", value,
             f"no such directory {path}: bring the model there (a directory with manifest.json, "
-            "written by `deltaworld export`) or set model_dir:='' for the embedded default",
+            "written by `deltaworld export`) or set model_dir:='' for the embedded default "
+            "(launch argument model_dir:=embedded)",
         )  # fmt: skip
         return path
 

@@ -33,10 +33,10 @@ from .forecaster import Forecaster, ForecasterConfig, FrameInput
 from .threads import passive_openmp
 
 # "total" is the latency of Forecaster.process; "ahead" the work done after it (encode_ahead).
-STAGES = ("preprocess", "backbone", "encode", "predict", "decode", "head", "post", "total",
-          "ahead")  # fmt: skip
+STAGES = ("preprocess", "backbone", "encode", "predict", "decode", "head", "depth", "post",
+          "total", "ahead")  # fmt: skip
 STAGE_OF = {"backbone": "backbone", "encoder": "encode", "predictor": "predict",
-            "decoder": "decode", "head": "head"}  # fmt: skip
+            "decoder": "decode", "head": "head", "depth": "depth"}  # fmt: skip
 
 
 # ---------------------------------------------------------------- closed-form FLOPs per row
@@ -81,19 +81,22 @@ def graph_flops(cfg: ModelConfig, graph: str, context: int | None = None) -> int
         return pr.num_layers * layer + 2 * d * c  # + head to token size
     if graph == "head":
         return 2 * n * c * cfg.head.num_classes
+    if graph == "depth":  # 1x1 conv to the bins, then the expectation over them
+        return 2 * n * c * cfg.head.depth_bins + 2 * n * cfg.head.depth_bins
     raise ValueError(f"unknown graph {graph!r}")
 
 
 def frame_flops(cfg: ModelConfig, k: int, horizon: int, context: int) -> dict[str, int]:
     """Steady-state FLOPs per stream-frame: one backbone pass, the new delta plus the re-encoded
     anchor, K x T predictor and decoder rows (context growing by one token per step), and the
-    head on K x T forecasts + the current frame."""
+    heads (segmentation, depth) on K x T forecasts + the current frame."""
     return {
         "backbone": graph_flops(cfg, "backbone"),
         "encoder": 2 * graph_flops(cfg, "encoder"),
         "predictor": k * sum(graph_flops(cfg, "predictor", context + t) for t in range(horizon)),
         "decoder": k * horizon * graph_flops(cfg, "decoder"),
         "head": (k * horizon + 1) * graph_flops(cfg, "head") if cfg.head.num_classes else 0,
+        "depth": (k * horizon + 1) * graph_flops(cfg, "depth") if cfg.head.with_depth else 0,
     }
 
 
@@ -132,6 +135,10 @@ class CountingEngine:
     def head(self, y: np.ndarray) -> np.ndarray:
         self._count("head", len(y))
         return self.inner.head(y)
+
+    def depth(self, y: np.ndarray) -> np.ndarray:
+        self._count("depth", len(y))
+        return self.inner.depth(y)
 
     def take(self) -> dict[str, int]:
         counted, self.flops = self.flops, dict.fromkeys(GRAPHS, 0)

@@ -1,4 +1,4 @@
-"""The five graphs behind one small interface; ONNX Runtime and torch are two backends of it.
+"""The graphs behind one small interface; ONNX Runtime and torch are two backends of it.
 
 Every call takes and returns float32 numpy arrays with a leading batch axis that packs
 streams (cameras x crops) and hypotheses, so that one frame costs one call per graph.
@@ -15,7 +15,8 @@ import numpy as np
 from ..model.config import ModelConfig
 from .threads import passive_openmp
 
-GRAPHS = ("backbone", "encoder", "predictor", "decoder", "head")
+GRAPHS = ("backbone", "encoder", "predictor", "decoder", "head", "depth")
+OPTIONAL_GRAPHS = ("depth",)  # a model with a depth head; exports before it lack the graph
 # The ONNX interface of each graph: input names in call order, and the output's name.
 INPUTS = {
     "backbone": ("pixels",),
@@ -23,9 +24,10 @@ INPUTS = {
     "predictor": ("queries", "kv", "pos_q", "pos_k"),
     "decoder": ("z", "x"),
     "head": ("y",),
+    "depth": ("y",),
 }
 OUTPUTS = {"backbone": "y", "encoder": "z", "predictor": "z_hat", "decoder": "y_hat",
-           "head": "logits"}  # fmt: skip
+           "head": "logits", "depth": "depth"}  # fmt: skip
 CONTEXT_INPUTS = ("kv", "pos_k")  # the predictor's inputs whose axis 1 is the context length
 
 
@@ -45,7 +47,7 @@ def graph_file(graph: str, precision: str = "fp32") -> str:
 class Engine(Protocol):
     config: ModelConfig
     backend: str  # "onnxruntime" or "torch"
-    providers: dict[str, str]  # graph -> the provider / device it really runs on
+    providers: dict[str, str]  # graph -> the provider / device it really runs on (those it has)
     placement: str  # one line: runtime, where it runs, and why other providers were skipped
     learned_query: np.ndarray | None  # (D,) for the deterministic baseline, else None
     precision: str  # "fp32", "fp16", "int8" (onnxruntime) or "bf16" (torch)
@@ -66,6 +68,9 @@ class Engine(Protocol):
 
     def head(self, y: np.ndarray) -> np.ndarray:
         """features (B, N, C) -> class logits on the patch grid (B, classes, h, w)."""
+
+    def depth(self, y: np.ndarray) -> np.ndarray:
+        """features (B, N, C) -> depth in metres on the patch grid (B, 1, h, w)."""
 
 
 def open_engine(

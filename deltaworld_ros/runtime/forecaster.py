@@ -1,4 +1,5 @@
-"""The streaming Forecaster: camera frames in, K forecast semantic maps with confidences out.
+"""The streaming Forecaster: camera frames in, K forecast semantic maps with confidences out
+(and K forecast depth maps when the model has a depth head).
 
 Each stream (a camera, or one square crop of a wide camera) keeps the features of the last
 `context_length` kept frames and the delta tokens between them. At every kept frame the
@@ -98,6 +99,8 @@ class Forecast:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage of the batch
     features: np.ndarray | None = None  # (K, T, N, C) with keep_features
     current_features: np.ndarray | None = None  # (N, C) with keep_features
+    depth: np.ndarray | None = None  # (K, T, h, w) float32 metres, rows as in classes
+    current_depth: np.ndarray | None = None  # (h, w) depth of the frame itself
 
 
 @dataclass
@@ -133,6 +136,7 @@ class Forecaster:
         self.grid = model.grid
         self.output_size = tuple(config.output_size or (4 * self.grid[0], 4 * self.grid[1]))
         self.class_dtype = np.uint8 if model.head.num_classes <= 256 else np.uint16
+        self.has_depth = "depth" in engine.providers
         self.query_dim = model.predictor.hidden_size
         self.query_scale = model.backbone.initializer_range
         self.image_size = model.image_size
@@ -358,15 +362,19 @@ class Forecaster:
             preds.append(x)
             tokens.append(z_hat[:, 0])
         feats = np.stack(preds, 1)  # (G*K, T, N, C)
-        logits = self._timed(
-            timings,
-            "head",
-            self.engine.head,
-            np.concatenate((feats.reshape(g * k * horizon, *feats.shape[2:]), current)),
+        futures_and_current = np.concatenate((feats.reshape(-1, *feats.shape[2:]), current))
+        logits = self._timed(timings, "head", self.engine.head, futures_and_current)
+        depth = (
+            self._timed(timings, "depth", self.engine.depth, futures_and_current)
+            if self.has_depth
+            else None
         )
         start = time.perf_counter()
-        maps = self._class_maps(logits)
+        maps = self._upsampled(logits).argmax(1).astype(self.class_dtype)
         future_maps = maps[: g * k * horizon].reshape(g, k, horizon, *self.output_size)
+        if depth is not None:
+            depth = self._upsampled(depth)[:, 0].astype(np.float32)  # (G*K*T + G, h, w)
+            future_depth = depth[: g * k * horizon].reshape(g, k, horizon, *self.output_size)
         tokens_g = np.stack(tokens, 1).reshape(g, k, horizon, -1)
         feats_g = feats.reshape(g, k, horizon, *feats.shape[2:])
         forecasts = []
@@ -388,6 +396,8 @@ class Forecaster:
                     reset=None,
                     features=feats_g[i][order] if self.config.keep_features else None,
                     current_features=current[i] if self.config.keep_features else None,
+                    depth=None if depth is None else future_depth[i][order],
+                    current_depth=None if depth is None else depth[g * k * horizon + i],
                 )
             )
         timings["post"] += time.perf_counter() - start
@@ -407,11 +417,11 @@ class Forecaster:
             return np.broadcast_to(self.engine.learned_query.astype(np.float32), shape)
         return (self.rng.standard_normal(shape) * self.query_scale).astype(np.float32)
 
-    def _class_maps(self, logits: np.ndarray) -> np.ndarray:
-        """Bilinear upsampling of the logits (as F.interpolate, align_corners=False) + argmax."""
+    def _upsampled(self, maps: np.ndarray) -> np.ndarray:
+        """(M, C, h, w) on the patch grid -> (M, C, *output_size), bilinear as F.interpolate
+        with align_corners=False."""
         rows, cols = self._upsample
-        up = np.einsum("oh,mchw,pw->mcop", rows, logits, cols, optimize=True)
-        return up.argmax(1).astype(self.class_dtype)
+        return np.einsum("oh,mchw,pw->mcop", rows, maps, cols, optimize=True)
 
     @staticmethod
     def _timed(
@@ -448,6 +458,7 @@ def stitch_crops(parts: list[Forecast]) -> Forecast:
         return np.concatenate(arrays, axis=-1)
 
     first = parts[0]
+    has_depth = first.depth is not None
     return Forecast(
         stream_id=first.stream_id,
         stamp=first.stamp,
@@ -460,4 +471,6 @@ def stitch_crops(parts: list[Forecast]) -> Forecast:
         order=order,
         history_length=min(p.history_length for p in parts),
         reset=None,
+        depth=side_by_side("depth") if has_depth else None,
+        current_depth=np.concatenate([p.current_depth for p in parts], -1) if has_depth else None,
     )

@@ -19,7 +19,7 @@ import onnxruntime as ort
 from safetensors import safe_open
 
 from ..model.store import ModelDirError, read_manifest, weight_path
-from .engine import GRAPHS, INPUTS, graph_file
+from .engine import GRAPHS, INPUTS, OPTIONAL_GRAPHS, graph_file
 from .providers import provider_problem
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,8 @@ class OrtEngine:
         for graph in GRAPHS:
             relative = graph_file(graph, precision)
             if not manifest.has(relative):
-                if graph == "head" and not self.config.head.num_classes:
+                headless = graph == "head" and not self.config.head.num_classes
+                if headless or graph in OPTIONAL_GRAPHS:
                     continue
                 hint = {"fp16": " --fp16", "int8": " --int8"}.get(precision, "")
                 raise ModelDirError(
@@ -175,6 +176,9 @@ class OrtEngine:
     def head(self, y: np.ndarray) -> np.ndarray:
         return self._run("head", y)
 
+    def depth(self, y: np.ndarray) -> np.ndarray:
+        return self._run("depth", y)
+
 
 def session_options(threads: int | None) -> ort.SessionOptions:
     options = ort.SessionOptions()
@@ -182,7 +186,7 @@ def session_options(threads: int | None) -> ort.SessionOptions:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     if threads:
         options.intra_op_num_threads = threads
-    # Five sessions run one after another: a pool that spins after its graph would steal the
+    # The sessions run one after another: a pool that spins after its graph would steal the
     # cores the next graph needs (and a shared robot computer's).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
@@ -200,6 +204,7 @@ def _trt_profiles(cfg, graph: str, max_batch: int) -> dict[str, str]:
         "predictor": {"queries": (1, d), "kv": ("L", c), "pos_q": (1,), "pos_k": ("L",)},
         "decoder": {"z": (1, c), "x": (n, c)},
         "head": {"y": (n, c)},
+        "depth": {"y": (n, c)},
     }[graph]
 
     def profile(batch: int, context: int) -> str:
