@@ -195,7 +195,7 @@ def test_forecast_launch_with_every_documented_argument(colcon_workspace, tmp_pa
     assert command_line.count("--ros-args") == 1, command_line
     assert (layout["K"], layout["T"]) == (2, 2)
     embedded = read_manifest(ROOT / "models" / "default").config.name
-    assert f"with {embedded} on onnxruntime" in log
+    assert f"with {embedded}, onnxruntime " in log  # the placement line of the engine
     debug = [line for line in log.splitlines() if "[DEBUG]" in line]
     assert any("[robot1.forecast_node]: settings:" in line for line in debug), log
     assert all("[robot1.forecast_node]" in line for line in debug), debug[:5]

@@ -190,7 +190,7 @@ class Forecasting:
         )
         self.get_logger().info(
             f"forecasting K={settings.forecaster.num_hypotheses} x T={settings.forecaster.horizon}"
-            f" with {model.name} on {self.engine.backend} {self.engine.providers}: {topics}"
+            f" with {model.name}, {self.engine.placement}: {topics}"
         )
 
     def activate(self) -> None:
@@ -277,6 +277,9 @@ class Forecasting:
         for forecast, (header, rgb) in zip(results, sources, strict=True):
             if forecast is not None:
                 self.publish(forecast, header, rgb)
+        ahead = self.forecaster.encode_ahead()  # after publishing: off the next frame's latency
+        if ahead:
+            self.stats.record("forecaster: encode ahead", ahead)
 
     def decode(self, camera: str, msg: Image | CompressedImage) -> np.ndarray | None:
         """RGB uint8 of a camera message; None (logged and counted) if it cannot be used."""

@@ -23,7 +23,7 @@ from ..runtime.forecaster import ForecasterConfig
 TRANSPORTS = ("raw", "compressed")
 CROPS = ("resize", "square")
 BACKENDS = ("onnxruntime", "torch")
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("fp32", "fp16", "int8", "bf16")
 LOG_LEVELS = ("", "debug", "info", "warn", "error", "fatal")
 NAME_TOKEN = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 TOPIC_NAME = re.compile(r"^~?/?[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*$")
@@ -82,7 +82,9 @@ SPECS: dict[str, Spec] = {
         "instead of falling back to the next",
     ),
     "precision": Spec(
-        "fp32", "numeric precision of the graphs (bf16: torch only)", choices=PRECISIONS
+        "fp32",
+        "numeric precision of the graphs (int8: onnxruntime, bf16: torch)",
+        choices=PRECISIONS,
     ),
     "device": Spec("cpu", "torch backend's device: cpu, cuda or cuda:<index>"),
     "threads": Spec(0, "CPU threads of the engine; 0 = its default (all cores)", 0, 256),
@@ -177,6 +179,10 @@ def declare_and_read(node: Node, sources: str = "") -> NodeSettings:
     read.check(
         values["precision"] != "bf16" or values["backend"] == "torch", "precision", "bf16",
         "bf16 runs on the torch backend only; use fp16 with onnxruntime",
+    )  # fmt: skip
+    read.check(
+        values["precision"] != "int8" or values["backend"] == "onnxruntime", "precision", "int8",
+        "the int8 decoder is an onnxruntime graph (deltaworld export --int8)",
     )  # fmt: skip
     read.check(
         values["device"] == "cpu" or re.fullmatch(r"cuda(:\d+)?", values["device"]) is not None,

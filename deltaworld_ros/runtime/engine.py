@@ -13,6 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from ..model.config import ModelConfig
+from .threads import passive_openmp
 
 GRAPHS = ("backbone", "encoder", "predictor", "decoder", "head", "depth")
 OPTIONAL_GRAPHS = ("depth",)  # a model with a depth head; exports before it lack the graph
@@ -30,17 +31,26 @@ OUTPUTS = {"backbone": "y", "encoder": "z", "predictor": "z_hat", "decoder": "y_
 CONTEXT_INPUTS = ("kv", "pos_k")  # the predictor's inputs whose axis 1 is the context length
 
 
+INT8_GRAPHS = ("decoder",)  # quantized by `deltaworld export --int8`; the rest stay float32
+
+
 def graph_file(graph: str, precision: str = "fp32") -> str:
-    """Path of a graph inside a model directory: onnx/<graph>.onnx, onnx/fp16/<graph>.onnx."""
-    return f"onnx/fp16/{graph}.onnx" if precision == "fp16" else f"onnx/{graph}.onnx"
+    """Path of a graph inside a model directory: onnx/<graph>.onnx, onnx/fp16/<graph>.onnx,
+    onnx/int8/decoder.onnx (the other graphs of the int8 precision are the float32 ones)."""
+    if precision == "fp16":
+        return f"onnx/fp16/{graph}.onnx"
+    if precision == "int8" and graph in INT8_GRAPHS:
+        return f"onnx/int8/{graph}.onnx"
+    return f"onnx/{graph}.onnx"
 
 
 class Engine(Protocol):
     config: ModelConfig
     backend: str  # "onnxruntime" or "torch"
     providers: dict[str, str]  # graph -> the provider / device it really runs on (those it has)
+    placement: str  # one line: runtime, where it runs, and why other providers were skipped
     learned_query: np.ndarray | None  # (D,) for the deterministic baseline, else None
-    precision: str  # "fp32", "fp16" or "bf16"
+    precision: str  # "fp32", "fp16", "int8" (onnxruntime) or "bf16" (torch)
 
     def backbone(self, pixels: np.ndarray) -> np.ndarray:
         """(B, 3, H, W) float32 pixel values 0..255 -> features y (B, N, C)."""
@@ -74,7 +84,7 @@ def open_engine(
 ) -> Engine:
     """An engine on a verified model directory.
 
-    onnxruntime: `providers` (default tensorrt, cuda, cpu), `strict`, `precision` fp32|fp16,
+    onnxruntime: `providers` (default tensorrt, cuda, cpu), `strict`, `precision` fp32|fp16|int8,
     `threads`. torch: `device` cpu|cuda[:i], `precision` fp32|fp16|bf16 (autocast), `threads`.
     """
     if backend == "onnxruntime":
@@ -82,6 +92,7 @@ def open_engine(
 
         return OrtEngine(model_dir, providers or DEFAULT_PROVIDERS, strict, precision, threads)
     if backend == "torch":
+        passive_openmp()
         import torch
 
         from .torch_engine import PRECISIONS, TorchEngine

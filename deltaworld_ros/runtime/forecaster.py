@@ -8,6 +8,10 @@ frame of the window followed by the cached frame-to-frame deltas:
     [encode(black, y_{t-L+1}), encode(y_{t-L+1}, y_{t-L+2}), ..., encode(y_{t-1}, y_t)]
 at the frames' header times relative to the window (RoPE only sees differences).
 All streams and hypotheses go through each graph in one batched call.
+
+The anchor that the next frame will need (encode(black, the second-oldest frame) once the window
+is full) does not depend on that frame: `encode_ahead()` computes it after a forecast has been
+published, which takes its time off the latency of the next one.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from PIL import Image
 
 from .engine import Engine
 from .postprocess import bilinear_matrix, disagreement, kernel_density_confidence
+from .threads import limited_blas
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,7 @@ class ForecasterConfig:
     crop: str = "resize"  # "resize" the whole frame, or "square" crops of wide frames
     seed: int = 0
     keep_features: bool = False  # also return predicted features (for evaluation)
+    blas_threads: int | None = 1  # numpy's BLAS pool while forecasting (threads.py); None: as is
 
     def validate(self) -> None:
         checks = [
@@ -55,6 +61,7 @@ class ForecasterConfig:
             (self.max_gap > 1, "max_gap must be > 1 (frame intervals)"),
             (self.output_size is None or min(self.output_size) >= 1, "output_size must be >= 1"),
             (self.crop in ("resize", "square"), "crop must be 'resize' or 'square'"),
+            (self.blas_threads is None or self.blas_threads >= 1, "blas_threads must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -104,6 +111,7 @@ class _Window:
     features: deque = field(default_factory=deque)
     deltas: deque = field(default_factory=deque)
     anchor: np.ndarray | None = None  # encode(black, oldest frame); None when stale
+    next_anchor: np.ndarray | None = None  # encode(black, second-oldest), from encode_ahead
 
 
 @dataclass
@@ -148,7 +156,31 @@ class Forecaster:
         """One batched step over the given frames; None where a frame was gated or the
         stream is still warming up. A malformed frame raises ValueError before any state
         changes."""
-        overrides = overrides or {}
+        with limited_blas(self.config.blas_threads):
+            return self._process(frames, overrides or {})
+
+    def encode_ahead(self) -> float:
+        """Encode now the anchors that the next kept frame of each full window will need;
+        seconds spent. Optional: without it the next `process` encodes them itself."""
+        windows = [
+            w
+            for camera in self._cameras.values()
+            for w in camera.windows
+            if len(w.features) == self.context_length >= 2 and w.next_anchor is None
+        ]
+        if not windows:
+            return 0.0
+        start = time.perf_counter()
+        with limited_blas(self.config.blas_threads):
+            black = np.repeat(self._black[None], len(windows), 0)
+            tokens = self.engine.encode(black, np.stack([w.features[1] for w in windows]))
+        for window, token in zip(windows, tokens[:, 0], strict=True):
+            window.next_anchor = token
+        return time.perf_counter() - start
+
+    def _process(
+        self, frames: Sequence[FrameInput], overrides: dict[str, StreamOverrides]
+    ) -> list[Forecast | None]:
         timings: Counter = Counter()
         start = time.perf_counter()
         crops = [self._crops(frame) for frame in frames]
@@ -275,7 +307,7 @@ class Forecaster:
                 window.stamps.popleft()
                 window.features.popleft()
                 window.deltas.popleft()
-                window.anchor = None
+                window.anchor, window.next_anchor = window.next_anchor, None
             if window.anchor is None:
                 xs.append(self._black)
                 ys.append(window.features[0])

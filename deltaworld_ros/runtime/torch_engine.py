@@ -51,7 +51,8 @@ class TorchEngine:
         self.providers = {g: f"torch:{device}" for g in graphs}
         q_embed = model.world.q_embed
         self.learned_query = None if q_embed is None else q_embed.weight[0].detach().cpu().numpy()
-        log.info("torch engine on %s, %s", device, self.precision)
+        self.placement = f"torch {torch.__version__} on {device}, {self.precision}"
+        log.info(self.placement)
 
     def _run(self, fn, *arrays: np.ndarray) -> np.ndarray:
         tensors = [torch.as_tensor(np.asarray(a, np.float32), device=self.device) for a in arrays]
