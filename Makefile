@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint format clean
+.PHONY: venv demo test lint format clean gpu bench-compare
 
 venv: $(STAMP)
 
@@ -23,6 +23,19 @@ test: $(STAMP)
 	$(BIN)/ruff check deltaworld_ros test launch setup.py
 	$(BIN)/ruff format --check deltaworld_ros test launch setup.py
 	$(BIN)/pytest -q
+
+# On a CUDA machine: the CUDA and cuDNN libraries onnxruntime-gpu needs, as NVIDIA's pip wheels
+# (several GB; the default install stays CPU-sized). They are loaded before the sessions.
+gpu: $(STAMP)
+	$(BIN)/pip install -q "onnxruntime-gpu[cuda,cudnn]"
+	$(BIN)/python -c "from deltaworld_ros.runtime.engine import open_engine; \
+	print(open_engine('models/default').placement)"
+
+# The package against the authors' code: make bench-compare DELTATOK=/path/to/deltatok-clone
+bench-compare: $(STAMP)
+	test -n "$(DELTATOK)" || (echo "set DELTATOK=<a clone of amazon-far/deltatok>" && false)
+	$(BIN)/pip install -q -r requirements-reference.txt
+	$(BIN)/deltaworld bench-compare --deltatok "$(DELTATOK)" --levers
 
 format: $(STAMP)
 	$(BIN)/ruff format deltaworld_ros test launch setup.py

@@ -38,6 +38,7 @@ setup(
     entry_points={
         "console_scripts": [
             "forecast_node = deltaworld_ros.ros.node:main",
+            "managed_forecast_node = deltaworld_ros.ros.managed_node:main",
             "deltaworld = deltaworld_ros.cli:main",
         ],
     },

@@ -15,6 +15,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("deltaworld_ros.train.cli", "train the default model's stages"),
     "export": ("deltaworld_ros.export.cli", "export ONNX graphs + manifest into a model dir"),
     "bench": ("deltaworld_ros.runtime.bench", "benchmark the streaming Forecaster"),
+    "bench-compare": (
+        "deltaworld_ros.runtime.compare",
+        "the package vs the authors' code (and its own levers), side by side",
+    ),
+    "bench-gpu": ("deltaworld_ros.runtime.gpu_bench", "the torch path on a GPU (CUDA graphs)"),
     "evaluate-world": ("deltaworld_ros.evaluation.world", "the paper's table on held-out synth"),
     "eval": ("deltaworld_ros.evaluation.replay_eval", "score a forecaster on a rosbag2"),
     "bag-from-video": ("deltaworld_ros.io.video_bag", "turn a video file into a rosbag2"),

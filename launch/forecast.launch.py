@@ -2,6 +2,8 @@
 
 ros2 launch deltaworld_ros forecast.launch.py image:=/camera/image_raw
 ros2 launch deltaworld_ros forecast.launch.py config:=/path/to/my.yaml model_dir:=/models/x
+ros2 launch deltaworld_ros forecast.launch.py config:=/path/to/my.yaml model_dir:=embedded
+ros2 launch deltaworld_ros forecast.launch.py managed:=true autostart:=false
 """
 
 from launch import LaunchDescription
@@ -11,24 +13,34 @@ from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
 PACKAGE = "deltaworld_ros"
-EXECUTABLE = "forecast_node"
+NAME = "forecast_node"
+EXECUTABLES = {"false": "forecast_node", "true": "managed_forecast_node"}  # by `managed`
+EMBEDDED = "embedded"  # model_dir:=embedded selects the embedded default model
 
 
 def forecast_node(context):
-    """The node, with model_dir overriding the config file's only when it is given."""
-    overrides = {"use_sim_time": LaunchConfiguration("use_sim_time").perform(context) == "true"}
-    model_dir = LaunchConfiguration("model_dir").perform(context)
-    if model_dir:
-        overrides["model_dir"] = model_dir
+    """The node; model_dir overrides the config file's only when it is given."""
+    argument = {
+        name: LaunchConfiguration(name).perform(context)
+        for name in ("config", "model_dir", "image", "namespace", "use_sim_time", "log_level",
+                     "managed", "autostart")
+    }  # fmt: skip
+    overrides = {
+        "use_sim_time": argument["use_sim_time"] == "true",
+        "log_level": argument["log_level"],
+    }
+    if argument["model_dir"]:
+        overrides["model_dir"] = "" if argument["model_dir"] == EMBEDDED else argument["model_dir"]
+    if argument["managed"] == "true":
+        overrides["autostart"] = argument["autostart"] == "true"
     return [
         Node(
             package=PACKAGE,
-            executable=EXECUTABLE,
-            name="forecast_node",
-            namespace=LaunchConfiguration("namespace"),
-            parameters=[LaunchConfiguration("config"), overrides],
-            remappings=[("image", LaunchConfiguration("image"))],
-            arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
+            executable=EXECUTABLES[argument["managed"]],
+            name=NAME,
+            namespace=argument["namespace"],
+            parameters=[argument["config"], overrides],
+            remappings=[("image", argument["image"])],
             output="screen",
             emulate_tty=True,
         )
@@ -48,7 +60,8 @@ def generate_launch_description():
             DeclareLaunchArgument(
                 "model_dir",
                 default_value="",
-                description="model directory with manifest.json; empty keeps the config file's",
+                description="model directory with manifest.json; 'embedded' = the embedded "
+                "default model; empty keeps the config file's",
             ),
             DeclareLaunchArgument(
                 "image",
@@ -68,7 +81,21 @@ def generate_launch_description():
                 "log_level",
                 default_value="info",
                 choices=["debug", "info", "warn", "error", "fatal"],
-                description="forecast_node's log level",
+                description="forecast_node's log level (its own logger; rcl's stay at info)",
+            ),
+            DeclareLaunchArgument(
+                "managed",
+                default_value="false",
+                choices=["true", "false"],
+                description="a managed (lifecycle) node: model loaded on configure, cameras "
+                "forecast while active (ros2 lifecycle set /forecast_node ...)",
+            ),
+            DeclareLaunchArgument(
+                "autostart",
+                default_value="true",
+                choices=["true", "false"],
+                description="with managed:=true, configure and activate at once; false waits "
+                "for a lifecycle manager",
             ),
             OpaqueFunction(function=forecast_node),
         ]

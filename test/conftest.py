@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,9 @@ FIXTURES = Path(
         "DELTAWORLD_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures"
     )
 )
+
+ROOT = Path(__file__).resolve().parents[1]
+COLCON = Path(sys.executable).parent / "colcon"
 
 # Deterministic, comparable numbers: the fixtures were made with one thread.
 torch.set_num_threads(1)
@@ -32,12 +36,12 @@ def fixture_arrays() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory) -> Path:
-    """`deltaworld export --preset tiny`: ONNX graphs + manifest of a random-weight model
-    (the node tests' model)."""
+    """`deltaworld export --preset tiny --fp16`: fp32 and fp16 ONNX graphs + manifest of a
+    random-weight model (the node and launch tests' model)."""
     out = tmp_path_factory.mktemp("model") / "tiny"
     subprocess.run(
-        [sys.executable, "-m", "deltaworld_ros.cli", "export", "--preset", "tiny", "--skip-check",
-         "--out", str(out)],
+        [sys.executable, "-m", "deltaworld_ros.cli", "export", "--preset", "tiny", "--fp16",
+         "--skip-check", "--out", str(out)],
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     return out
@@ -89,3 +93,25 @@ def assert_close(got, ref, name: str = "", rel: float = 1e-4) -> None:
     err = float(np.abs(got.astype(np.float64) - ref).max()) if ref.size else 0.0
     bound = rel * max(1.0, float(np.abs(ref).max()) if ref.size else 0.0)
     assert err <= bound, f"{name}: max abs error {err:.3g} > {bound:.3g}"
+
+
+@pytest.fixture(scope="session")
+def colcon_workspace(tmp_path_factory) -> Path:
+    """A workspace with this package in src/, built by `colcon build` (install/ beside it)."""
+    workspace = tmp_path_factory.mktemp("colcon")
+    shutil.copytree(
+        ROOT,
+        workspace / "src" / "deltaworld_ros",
+        ignore=shutil.ignore_patterns(
+            ".venv", ".git", "build", "install", "log", "results", "*.egg-info", "__pycache__"
+        ),
+    )
+    result = subprocess.run(
+        [str(COLCON), "build", "--packages-select", "deltaworld_ros"],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return workspace

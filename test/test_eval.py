@@ -17,6 +17,7 @@ import torch
 from deltaworld_ros.cli import main
 from deltaworld_ros.evaluation.metrics import (
     confusion,
+    depth_errors,
     feature_error,
     iou_per_class,
     mean_iou,
@@ -122,6 +123,15 @@ def test_token_pairs_are_consecutive_frames_of_one_segment_sampled_uniformly():
         assert current[0, 0] - previous[0, 0] == 1 and segment in (0, 1)
 
 
+def test_depth_errors_are_absrel_and_rmse_over_valid_target_pixels():
+    target = np.array([[2.0, 4.0, 0.0, np.nan]])
+    pred = np.array([[[3.0, 2.0, 9.0, 9.0]], [[2.0, 4.0, 1.0, 1.0]]])  # (2, 1, 4)
+    abs_rel, rmse = depth_errors(pred, target)
+    np.testing.assert_allclose(abs_rel, [(0.5 + 0.5) / 2, 0])
+    np.testing.assert_allclose(rmse, [np.sqrt((1 + 4) / 2), 0])
+    assert np.isnan(depth_errors(pred, np.zeros((1, 4)))[0]).all()
+
+
 def test_spearman_ranks_ties_by_their_average():
     np.testing.assert_allclose(rank(np.array([3.0, 1.0, 3.0])), [2.5, 1, 2.5])
     assert spearman(np.array([1, 2, 3]), np.array([30, 20, 10])) == pytest.approx(-1)
@@ -132,13 +142,11 @@ def test_spearman_ranks_ties_by_their_average():
 # Scores equal a direct Forecaster run on the same frames
 
 
-def direct_scores(model_dir: Path, bag: Path, labelled: bool) -> dict[str, list[float]]:
-    """What eval must report, computed straight from the Forecaster: the frames its own gate
-    keeps, each forecast told the true stamps of the next kept frames, scored against the
-    labels (or its own segmentation) of those frames."""
+def direct_forecasts(model_dir: Path, bag: Path) -> tuple[list, list]:
+    """The frames the Forecaster's own gate keeps, and its forecast at each, told the true
+    stamps of the next kept frames."""
     engine = open_engine(model_dir, backend="torch")
     frames = [f for f in read_images(bag, IMAGE) if f.image is not None]
-    labels = {f.stamp_ns: f.image for f in read_images(bag, LABELS, labels=True)}
     probe = Forecaster(engine, ForecasterConfig(num_hypotheses=1, horizon=1))
     kept = []
     for f in frames:
@@ -156,9 +164,18 @@ def direct_scores(model_dir: Path, bag: Path, labelled: bool) -> dict[str, list[
         future += [f.stamp_ns / 1e9 + step * s for s in range(len(future) + 1, T + 1)]
         override = {IMAGE: StreamOverrides(future_stamps=future)}
         out.append(forecaster.process([FrameInput(IMAGE, f.stamp_ns / 1e9, f.image)], override)[0])
+    return kept, out
+
+
+def direct_scores(model_dir: Path, bag: Path, labelled: bool) -> dict[str, list[float]]:
+    """What eval must report, computed straight from the Forecaster's forecasts, scored
+    against the labels (or its own segmentation) of the frames that came; depth against the
+    model's own depth of those frames."""
+    kept, out = direct_forecasts(model_dir, bag)
+    labels = {f.stamp_ns: f.image for f in read_images(bag, LABELS, labels=True)}
     classes = max(int(v.max()) for v in labels.values()) + 1 if labelled else 5
     matrices = np.zeros((T, classes, classes), np.int64)
-    best, mean = [[] for _ in range(T)], [[] for _ in range(T)]
+    best, mean, depth = [[] for _ in range(T)], [[] for _ in range(T)], [[] for _ in range(T)]
     for i, forecast in enumerate(out):
         for s in range(T):
             j = i + 1 + s
@@ -174,7 +191,10 @@ def direct_scores(model_dir: Path, bag: Path, labelled: bool) -> dict[str, list[
             errors = feature_error(forecast.features[:, s], out[j].current_features)
             best[s].append(errors.min())
             mean[s].append(errors.mean())
+            target_depth = out[j].current_depth
+            depth[s].append(np.mean(np.abs(forecast.depth[0, s] - target_depth) / target_depth))
     return {
+        "depth_abs_rel": [float(np.mean(d)) for d in depth],
         "most_confident": [mean_iou(m) for m in matrices],
         "best_of_k": [float(np.mean(b)) for b in best],
         "mean_of_k": [float(np.mean(m)) for m in mean],
@@ -196,13 +216,57 @@ def test_scores_equal_a_direct_forecaster_run(tiny_model_dir, labelled_bag, tmp_
     for name in ("best_of_k", "mean_of_k"):
         got = [s["feature_mse"][name] for s in metrics["features"]["steps"]]
         np.testing.assert_allclose(got, direct[name], rtol=1e-6)
+    depth = [s["abs_rel"]["most_confident"] for s in metrics["depth"]["steps"]]
+    np.testing.assert_allclose(depth, direct["depth_abs_rel"], rtol=1e-6)
+    assert metrics["depth"]["target"]["kind"] == "pseudo-labels"
     report = (out / "report.md").read_text()
+    assert "Depth: error per horizon step" in report and "copy last (present depth)" in report
     if labelled:
         assert f"labels of {LABELS}" in report
     else:
         assert "pseudo-label score" in report and "PSEUDO-LABELS" in report
     for name in ("horizon.png", "confidence.png", "latency.png", "example_1.png", "report.html"):
         assert (out / name).stat().st_size > 0, name
+
+
+def full_size(tile: np.ndarray, size: int = 64) -> np.ndarray:
+    scale = size // tile.shape[0]
+    return tile.repeat(scale, 0).repeat(scale, 1)
+
+
+def test_depth_futures_are_scored_against_a_depth_topic(tiny_model_dir, labelled_bag, tmp_path):
+    """A bag with a 32FC1 depth topic (here 10 m everywhere, 0 = no depth on the top rows):
+    AbsRel and RMSE per step over the valid pixels, as computed from the forecasts directly."""
+    bag = tmp_path / "with_depth"
+    truth = np.full((64, 64), 10.0, np.float32)
+    truth[:8] = 0  # invalid: left out
+    with ImageBagWriter(bag) as writer:
+        for f in read_images(labelled_bag, IMAGE):
+            writer.write_image(IMAGE, f.stamp_ns, f.image, "rgb8")
+            writer.write_image("/camera/depth", f.stamp_ns, truth, "32FC1")
+    options = EvalOptions(
+        bag,
+        IMAGE,
+        label_topic=None,
+        depth_topic="/camera/depth",
+        model=tiny_model_dir,
+        k=K,
+        t=T,
+        backend="torch",
+        progress=False,
+    )
+    metrics = evaluate(options).metrics["depth"]
+    kept, out = direct_forecasts(tiny_model_dir, bag)
+    for s, step in enumerate(metrics["steps"]):
+        scored = [full_size(f.depth[0, s])[8:] for i, f in enumerate(out)
+                  if f is not None and i + 1 + s < len(kept)]  # fmt: skip
+        assert step["scored"] == len(scored) > 0
+        abs_rel = [np.mean(np.abs(d - 10.0) / 10.0) for d in scored]
+        rmse = [np.sqrt(np.mean((d - 10.0) ** 2)) for d in scored]
+        assert step["abs_rel"]["most_confident"] == pytest.approx(np.mean(abs_rel), rel=1e-5)
+        assert step["rmse"]["most_confident"] == pytest.approx(np.mean(rmse), rel=1e-5)
+        assert step["abs_rel"]["best_of_k"] <= step["abs_rel"]["mean_of_k"] + 1e-12
+    assert metrics["target"] == {"kind": "labels", "topic": "/camera/depth"}
 
 
 def test_the_label_topic_is_found_by_name(tiny_model_dir, labelled_bag):

@@ -6,7 +6,10 @@ Tolerances: float32 graphs 1e-4 * max(1, max|ref|) (the fixtures'); the float16 
 
 from __future__ import annotations
 
+import logging
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -99,6 +102,12 @@ def test_encoder_and_head_match_the_fixture(engine, fixture_arrays):
     close(engine, logits, fixture_arrays["out/heads/seg_logits_gt"].reshape(B * T, 5, 4, 4), "seg")
 
 
+def test_depth_matches_the_fixture(engine, fixture_arrays):
+    y = fixture_arrays["out/backbone/y"].reshape(B * T, N, C)
+    depth = engine.depth(y)
+    close(engine, depth, fixture_arrays["out/heads/depth_gt"].reshape(B * T, 1, 4, 4), "depth")
+
+
 def test_rollout_grows_the_context(engine, fixture_arrays):
     """The reference rollout: context 3, then 4 tokens, K = 3 hypotheses of 2 clips (batch 6)."""
     r = "out/world/rollout"
@@ -125,7 +134,7 @@ def test_engines_report_where_they_run(engine):
 
 
 def test_strict_refuses_a_provider_that_is_not_there(model_dir):
-    with pytest.raises(ProviderError, match="CoreMLExecutionProvider.*available"):
+    with pytest.raises(ProviderError, match="CoreMLExecutionProvider: not in this onnxruntime"):
         OrtEngine(model_dir, providers=("CoreMLExecutionProvider",), strict=True)
 
 
@@ -140,9 +149,50 @@ def test_strict_never_falls_back_to_the_cpu(model_dir):
 
 
 def test_without_strict_an_unavailable_provider_falls_back_and_says_so(model_dir, caplog):
+    caplog.set_level(logging.INFO, "deltaworld_ros")
     engine = OrtEngine(model_dir, providers=("CoreMLExecutionProvider", "cpu"))
     assert set(engine.providers.values()) == {"CPUExecutionProvider"}
-    assert "CoreMLExecutionProvider" in caplog.text
+    assert engine.placement in caplog.text
+    assert engine.placement.startswith(f"onnxruntime {ort.__version__} on CPUExecutionProvider")
+    assert "; skipped CoreMLExecutionProvider: not in this onnxruntime build" in engine.placement
+
+
+QUIET_START = """
+import logging, sys
+from deltaworld_ros.runtime.ort_engine import OrtEngine, ProviderError
+from deltaworld_ros.runtime.providers import provider_problem
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+engine = OrtEngine(sys.argv[1])  # the default: tensorrt, cuda, cpu
+for gpu in ("TensorrtExecutionProvider", "CUDAExecutionProvider"):
+    print("PROBLEM", gpu, provider_problem(gpu))
+try:
+    OrtEngine(sys.argv[1], providers=("cuda",), strict=True)
+except ProviderError as err:
+    print("STRICT", err)
+"""
+
+
+def test_the_default_providers_start_quietly_and_say_why_in_one_line(model_dir):
+    """Without a GPU (here) TensorRT and CUDA are skipped with their reason in one line, and
+    onnxruntime prints none of its provider errors; strict mode names the reason. With a GPU
+    the first usable provider runs."""
+    run = subprocess.run([sys.executable, "-c", QUIET_START, str(model_dir)],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "onnxruntime::" not in run.stderr and "EP Error" not in run.stderr, run.stderr
+    problems = dict(line.split(" ", 2)[1:] for line in run.stdout.splitlines()
+                    if line.startswith("PROBLEM"))  # fmt: skip
+    placement = [line for line in run.stderr.splitlines() if line.startswith("onnxruntime ")]
+    assert len(placement) == 1, run.stderr
+    usable = [p for p, why in problems.items() if why == "None"] + ["CPUExecutionProvider"]
+    assert placement[0].startswith(f"onnxruntime {ort.__version__} on {usable[0]}")
+    for provider, why in problems.items():
+        assert (f"skipped {provider}: {why}" in placement[0]) == (why != "None")
+    if problems["CUDAExecutionProvider"] != "None":
+        assert (
+            f"STRICT execution provider(s) requested with strict=True cannot run here: "
+            f"CUDAExecutionProvider: {problems['CUDAExecutionProvider']}" in run.stdout
+        )
 
 
 def test_a_tampered_graph_is_refused_before_any_session(model_dir, tmp_path, monkeypatch):

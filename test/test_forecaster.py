@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from threadpoolctl import threadpool_info
 
 from deltaworld_ros.model.deltatok import tokenize_offline
 from deltaworld_ros.model.deltaworld import rollout
@@ -79,9 +80,11 @@ def test_streaming_equals_the_reference_offline_rollout(engine, clip, fixture_ar
         )
 
 
-def test_sliding_window_reencodes_the_anchor_for_the_oldest_frame(engine, tiny_model, clip):
+@pytest.mark.parametrize("ahead", [False, True], ids=["inline", "encoded-ahead"])
+def test_sliding_window_reencodes_the_anchor_for_the_oldest_frame(engine, tiny_model, clip, ahead):
     """At frame 4 with a 3-frame window the context is [encode(black, y2), encode(y2, y3),
-    encode(y3, y4)]: exactly the offline rollout of the clip that starts at frame 2."""
+    encode(y3, y4)]: exactly the offline rollout of the clip that starts at frame 2, whether
+    the anchor was encoded inline or ahead, after the previous forecast."""
     frames, stamps = clip
     forecaster = make(engine, keep_features=True)
     rng = np.random.default_rng(3)
@@ -90,6 +93,10 @@ def test_sliding_window_reencodes_the_anchor_for_the_oldest_frame(engine, tiny_m
     for t in range(5):
         override = {"cam": StreamOverrides(queries=queries, future_stamps=future)}
         result = forecaster.process([frame("cam", stamps[0, t], frames[0, t])], override)[0]
+        if ahead:
+            spent = forecaster.encode_ahead()
+            assert (spent > 0) == (t >= 2), "only a full window has an anchor to encode ahead"
+            assert forecaster.encode_ahead() == 0.0, "nothing twice"
     assert result.history_length == 3
     with torch.no_grad():
         window = torch.from_numpy(frames[0, 2:5].transpose(0, 3, 1, 2).copy())
@@ -132,6 +139,27 @@ def test_outputs_are_well_formed(engine, clip):
         "total",
     }
     np.testing.assert_allclose(result.future_stamps, stamps[0, 2] + 0.03 * np.arange(1, T + 1))
+    assert result.depth.shape == (K, T, 10, 12) and result.depth.dtype == np.float32
+    assert result.current_depth.shape == (10, 12) and "depth" in result.timings
+
+
+def test_depth_futures_are_the_depth_of_each_rows_predicted_features(engine, clip):
+    """Row k, column t of the depth futures: the depth head on the same predicted features
+    as the class futures' row k, column t, upsampled to the tile."""
+    frames, stamps = clip
+    forecaster = make(engine, output_size=(8, 8), keep_features=True)
+    for t in range(3):
+        result = forecaster.process([frame("cam", stamps[0, t], frames[0, t])])[0]
+    k, t, n, c = result.features.shape
+    on_grid = engine.depth(result.features.reshape(k * t, n, c))
+    expected = forecaster._upsampled(on_grid).reshape(k, t, 8, 8)
+    np.testing.assert_allclose(result.depth, expected, rtol=1e-5)
+    np.testing.assert_allclose(
+        result.current_depth,
+        forecaster._upsampled(engine.depth(result.current_features[None]))[0, 0],
+        rtol=1e-5,
+    )
+    assert result.depth.min() > 0
 
 
 def test_seeded_noise_is_reproducible(engine, clip):
@@ -245,3 +273,28 @@ def test_bad_settings_name_the_setting():
         ForecasterConfig(frame_interval=-0.1).validate()
     with pytest.raises(ValueError, match="crop must be"):
         ForecasterConfig(crop="stretch").validate()
+
+
+def test_numpy_blas_keeps_one_thread_while_the_engine_runs(engine, clip):
+    """OpenBLAS threads spin after each call and would oversubscribe the engine's cores."""
+    before = blas_threads()
+    seen = []
+
+    class Watched:  # the real engine; its decoder notes the BLAS pools it runs beside
+        def __getattr__(self, name):
+            return getattr(engine, name)
+
+        def decode(self, z, x):
+            seen.append(blas_threads())
+            return engine.decode(z, x)
+
+    frames, stamps = clip
+    forecaster = make(Watched())
+    for t in range(3):
+        forecaster.process([frame("cam", stamps[0, t], frames[0, t])])
+    assert seen and all(set(threads) == {1} for threads in seen)
+    assert blas_threads() == before, "restored after each step"
+
+
+def blas_threads() -> list[int]:
+    return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]

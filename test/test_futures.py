@@ -15,6 +15,7 @@ from std_msgs.msg import Header, String
 from deltaworld_ros.ros import packing
 from deltaworld_ros.ros.futures import (
     crop_boxes,
+    decode_depth,
     decode_float_image,
     decode_futures,
     make_layout,
@@ -49,10 +50,12 @@ def forecast(num_classes: int = 7) -> Forecast:
         order=np.arange(K),
         history_length=3,
         reset=None,
+        depth=rng.uniform(0.5, 80, (K, T, H, W)).astype(np.float32),
+        current_depth=rng.uniform(0.5, 80, (H, W)).astype(np.float32),
     )
 
 
-def layout(num_classes: int = 7, encoding: str = "mono8") -> dict:
+def layout(num_classes: int = 7, encoding: str = "mono8", depth: bool = True) -> dict:
     return make_layout(
         camera="camera",
         num_hypotheses=K,
@@ -64,6 +67,7 @@ def layout(num_classes: int = 7, encoding: str = "mono8") -> dict:
         encoding=encoding,
         crop="resize",
         source_size=(48, 64),
+        depth=depth,
     )
 
 
@@ -104,6 +108,19 @@ def test_decode_futures_refuses_mismatched_messages():
         decode_futures(futures, packing.confidence_message(f, header()))
     with pytest.raises(ValueError, match="not the futures/layout"):
         decode_futures(futures, layout="{not json")
+
+
+def test_depth_futures_are_tiles_in_metres_in_the_rows_of_the_class_futures():
+    f = forecast()
+    msg = packing.depth_message(f, header())
+    assert (msg.encoding, msg.height, msg.width) == ("32FC1", K * H, T * W)
+    assert msg.header == header()
+    body = layout()
+    assert body["depth"]["encoding"] == "32FC1" and body["depth"]["unit"] == "m"
+    np.testing.assert_array_equal(decode_depth(msg, json.dumps(body)), f.depth)
+    assert layout(depth=False)["depth"] is None
+    with pytest.raises(ValueError, match="no futures/depth"):
+        decode_depth(msg, layout(depth=False))
 
 
 def test_uncertainty_is_one_row_of_tiles():

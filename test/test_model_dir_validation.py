@@ -18,6 +18,7 @@ import pytest
 from deltaworld_ros.cli import main as deltaworld
 from deltaworld_ros.io.bags import ImageBagWriter
 from deltaworld_ros.model.store import MANIFEST, ModelDirError, config_sha256, sha256
+from deltaworld_ros.ros.bench_node import main as bench_node
 from deltaworld_ros.ros.harness import write_params
 from deltaworld_ros.ros.node import main as forecast_node
 from deltaworld_ros.runtime.engine import open_engine
@@ -163,6 +164,20 @@ def test_export_exits_with_one_line(tampered_manifest, tmp_path):
     model, expected = tampered_manifest
     with pytest.raises(SystemExit) as caught:
         deltaworld(["export", "--model-dir", str(model), "--out", str(tmp_path / "out")])
+    assert expected in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_evaluate_world_exits_with_one_line(tampered_manifest, tmp_path):
+    model, expected = tampered_manifest
+    with pytest.raises(SystemExit) as caught:
+        deltaworld(["evaluate-world", "--model", str(model), "--out", str(tmp_path / "out")])
+    assert expected in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_bench_node_exits_with_one_line(tampered_manifest, tmp_path):
+    model, expected = tampered_manifest
+    with pytest.raises(SystemExit) as caught:
+        bench_node(["--model-dir", str(model), "--out", str(tmp_path / "node.json")])
     assert expected in str(caught.value) and "\n" not in str(caught.value)
 
 

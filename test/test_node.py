@@ -8,6 +8,7 @@ Every test ends with SIGINT, as Ctrl-C in a terminal: the node must exit 0, no t
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +23,7 @@ from std_msgs.msg import Header, String
 
 from deltaworld_ros.io.images import encode_compressed, stamp_ns
 from deltaworld_ros.ros import packing
-from deltaworld_ros.ros.futures import decode_float_image, decode_futures, untile
+from deltaworld_ros.ros.futures import decode_depth, decode_float_image, decode_futures, untile
 from deltaworld_ros.ros.harness import NodeProcess, Probe, write_params
 from deltaworld_ros.ros.node import LAYOUT_QOS, OUTPUT_QOS, SENSOR_QOS
 
@@ -143,7 +144,8 @@ def test_outputs_have_the_documented_types_shapes_and_headers(tmp_path, domain, 
     /diagnostics, each with the source frame's header; SIGINT mid-stream exits 0."""
     with forecast_node(tmp_path, domain, base_params(model_dir)) as (node, probe):
         ns = "/deltaworld"
-        for topic in ("futures", "futures/confidence", "futures/uncertainty", "visualization"):
+        for topic in ("futures", "futures/confidence", "futures/uncertainty", "futures/depth",
+                      "visualization"):  # fmt: skip
             probe.subscribe(Image, f"{ns}/{topic}", OUTPUT_QOS)
         probe.subscribe(String, f"{ns}/futures/layout", LAYOUT_QOS)
         camera = Camera(probe, "/image", "camera_optical_frame")
@@ -151,7 +153,12 @@ def test_outputs_have_the_documented_types_shapes_and_headers(tmp_path, domain, 
         futures = probe.received(f"{ns}/futures")[0]  # its companions are surely in by now
         by_stamp = {
             topic: {stamp(m): m for m in probe.received(f"{ns}/{topic}")}
-            for topic in ("futures/confidence", "futures/uncertainty", "visualization")
+            for topic in (
+                "futures/confidence",
+                "futures/uncertainty",
+                "futures/depth",
+                "visualization",
+            )  # fmt: skip
         }
         layout = json.loads(probe.received(f"{ns}/futures/layout")[-1].data)
 
@@ -183,6 +190,12 @@ def test_outputs_have_the_documented_types_shapes_and_headers(tmp_path, domain, 
     share = untile(decode_float_image(uncertainty), 1, T)
     assert np.all((share >= 0) & (share <= 1 - 1 / K + 1e-6))
 
+    depth_msg = by_stamp["futures/depth"][stamp(futures)]  # the tiny model has a depth head
+    assert depth_msg.header.frame_id == "camera_optical_frame" and depth_msg.encoding == "32FC1"
+    assert layout["depth"]["unit"] == "m"
+    depth = decode_depth(depth_msg, layout)
+    assert depth.shape == (K, T, h, w) and np.all(np.isfinite(depth)) and depth.min() > 0
+
     mosaic = by_stamp["visualization"][stamp(futures)]
     assert mosaic.encoding == "rgb8" and mosaic.header.frame_id == "camera_optical_frame"
     assert (mosaic.height, mosaic.width) == (K * h, w + packing.BAR_WIDTH + T * w)
@@ -191,7 +204,9 @@ def test_outputs_have_the_documented_types_shapes_and_headers(tmp_path, domain, 
     assert {
         f"provider: {g}" for g in ("backbone", "encoder", "predictor", "decoder", "head")
     } <= set(engine)
-    for stage in ("node: convert", "node: pack", "node: publish", "forecaster: total"):
+    stages = ("node: convert", "node: pack", "node: publish", "forecaster: total",
+              "forecaster: encode ahead")  # fmt: skip
+    for stage in stages:
         assert float(engine[f"{stage} mean ms"]) >= 0
     assert float(cam["input rate (Hz)"]) > 0 and int(cam["forecasts published"]) >= 3
 
@@ -332,6 +347,31 @@ def test_a_stamp_that_jumps_back_resets_that_cameras_history(tmp_path, domain, m
 
     assert values["reset: stamp went backwards"] == "1"
     assert 500 * NS < stamp(report) < 600 * NS  # stamped on the bag's clock, after the loop
+
+
+@pytest.mark.parametrize(
+    "signals", [(signal.SIGINT, signal.SIGINT), (signal.SIGTERM, signal.SIGTERM)], ids=str
+)
+def test_a_second_signal_while_stopping_still_ends_cleanly(tmp_path, domain, model_dir, signals):
+    """Ctrl-C twice, or a supervisor's signal to the whole process group after launch's own,
+    while frames keep arriving: the node finishes stopping and exits 0 without a traceback."""
+    params_file = write_params(tmp_path / "params.yaml", base_params(model_dir))
+    with NodeProcess([params_file], domain, tmp_path / "node.log") as node, Probe(domain) as probe:
+        probe.subscribe(Image, "/deltaworld/futures", OUTPUT_QOS)
+        camera = Camera(probe, "/image", "camera")
+        stream(node, [camera], lambda: len(probe.received("/deltaworld/futures")) >= 2,
+               START_TIMEOUT)  # fmt: skip
+        first, second = signals
+        node.send(first)
+        for _ in range(20):  # frames keep coming while it stops
+            camera.send()
+            time.sleep(0.005)
+            if _ == 1:
+                node.send(second)
+        code = node.wait(20)
+        log = node.log()
+    assert code == 0, f"exit code {code} after {first.name} + {second.name}:\n{log}"
+    assert "Traceback" not in log and "terminate called" not in log, log
 
 
 @pytest.mark.parametrize(

@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 import torch
 
+from deltaworld_ros.export.exporter import export_model
 from deltaworld_ros.model.config import HeadConfig, tiny
 from deltaworld_ros.model.store import load_model, read_manifest
 from deltaworld_ros.model.world_model import WorldModel
+from deltaworld_ros.runtime.ort_engine import OrtEngine
 from deltaworld_ros.synth import CLASS_NAMES, PALETTE, WorldConfig, render_sequence
 from deltaworld_ros.train import cli
 from deltaworld_ros.train import stages as st
@@ -64,6 +66,13 @@ def stage_parts(name: str, setup, batch: int = 4):
         return (
             st.SegHeadStage(model.seg_head, cfg.grid, weights),
             st.feature_label_sampler(store, features, batch),
+        )
+    if name == st.DEPTH_STAGE:
+        torch.manual_seed(3)  # the new head's init
+        st.add_depth_head(model)
+        return (
+            st.DepthHeadStage(model.depth_head, cfg.grid),
+            st.feature_depth_sampler(store, features, batch),
         )
     if name == "tokenizer":
         return st.TokenizerStage(model.tokenizer), st.pair_sampler(store, features, black, batch)
@@ -186,7 +195,8 @@ def test_train_from_a_rosbag_with_labels_then_from_a_video(synth_frames, tmp_pat
     assert manifest.config.frame_interval == pytest.approx(0.1, abs=0.01)  # median stamp gap
     assert manifest.provenance["data"]["kind"] == "rosbag2"
     assert manifest.config.head.class_names == CLASS_NAMES
-    assert set(manifest.provenance["stages"]) == set(st.STAGES)
+    assert set(manifest.provenance["stages"]) == set(st.STAGES) - {st.DEPTH_STAGE}  # no depth
+    assert not manifest.config.head.with_depth
     load_model(out)
 
     video = tmp_path / "clip.mp4"
@@ -219,6 +229,26 @@ def test_train_from_a_rosbag_with_labels_then_from_a_video(synth_frames, tmp_pat
     assert not torch.equal(before.tokenizer.norm.weight, after.tokenizer.norm.weight)  # trained
 
 
+def test_a_depth_head_is_trained_onto_a_model_and_exported(tmp_path):
+    """`--init-model M --stages depth_head`: the frozen backbone's features learn the world's
+    depth; the model keeps its other weights, gains with_depth, and exports a depth graph."""
+    first, second = tmp_path / "m1", tmp_path / "m2"
+    assert _train(tmp_path, "--clips", "4", "--stages", "backbone,seg_head", "--out",
+                  str(first)) == 0  # fmt: skip
+    assert not read_manifest(first).config.head.with_depth
+    assert _train(tmp_path, "--clips", "4", "--init-model", str(first), "--stages", "depth_head",
+                  "--steps", "depth_head=10", "--out", str(second)) == 0  # fmt: skip
+    manifest = read_manifest(second)
+    assert manifest.config.head.with_depth and set(manifest.provenance["stages"]) >= {"depth_head"}
+    before, after = load_model(first), load_model(second)
+    assert torch.equal(before.seg_head.head.weight, after.seg_head.head.weight)
+    assert after.depth_head is not None
+    export_model(after, second, manifest.provenance, check=False)
+    engine = OrtEngine(second, providers=("cpu",))
+    depth = engine.depth(np.zeros((1, after.cfg.num_patches, after.cfg.token_size), np.float32))
+    assert depth.shape == (1, 1, *after.cfg.grid) and "depth" in engine.providers
+
+
 def test_stages_needing_labels_or_a_backbone_say_so(synth_frames, tmp_path):
     from deltaworld_ros.io.video import write_video
 
@@ -226,6 +256,8 @@ def test_stages_needing_labels_or_a_backbone_say_so(synth_frames, tmp_path):
     write_video(video, synth_frames.rgb, fps=10)
     with pytest.raises(SystemExit, match="needs labels"):
         _train(tmp_path, "--video", str(video), "--out", str(tmp_path / "m"))
+    with pytest.raises(SystemExit, match="needs depth"):
+        _train(tmp_path, "--video", str(video), "--stages", "depth_head", "--out", str(tmp_path))
     with pytest.raises(SystemExit, match="needs a trained backbone"):
         _train(
             tmp_path, "--video", str(video), "--stages", "tokenizer", "--out", str(tmp_path / "m")

@@ -2,7 +2,9 @@
 
 Conventions: class maps are integer arrays, `IGNORE` (255) in a target marks pixels without a
 label; mIoU follows mmseg (IoU per class = intersection / union, mean over the classes whose
-union is not empty); feature error is the mean squared error over patches and channels.
+union is not empty); feature error is the mean squared error over patches and channels;
+depth error is AbsRel (mean |d - d*| / d*) and RMSE (metres) over the pixels with a valid
+target depth (finite, > 0).
 """
 
 from __future__ import annotations
@@ -42,6 +44,18 @@ def feature_error(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Mean squared error over the last two axes (patches N, channels C): (..., N, C) -> (...)."""
     diff = pred.astype(np.float64) - target.astype(np.float64)
     return (diff * diff).mean((-2, -1))
+
+
+def depth_errors(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AbsRel and RMSE of depth maps (..., H, W) against one target (H, W), over the target's
+    valid pixels: (...), (...); NaN where the target has none."""
+    valid = np.isfinite(target) & (target > 0)
+    truth = target[valid].astype(np.float64)
+    diff = pred[..., valid].astype(np.float64) - truth
+    if not truth.size:
+        nan = np.full(pred.shape[:-2], np.nan)
+        return nan, nan
+    return (np.abs(diff) / truth).mean(-1), np.sqrt((diff * diff).mean(-1))
 
 
 def rank(values: np.ndarray) -> np.ndarray:

@@ -9,7 +9,9 @@ header stamp, step s against the kept frame nearest to stamp + s * step.
 
 Targets are the label topic when the bag has one, otherwise the model's own segmentation of
 the frame that really came: a pseudo-label score, which measures forecasting against the
-model's present-tense perception, not segmentation quality.
+model's present-tense perception, not segmentation quality. A model with a depth head also
+gets its depth futures scored (AbsRel, RMSE per step; from the offline run) against a depth
+topic (--depth-topic, 32FC1 metres) or the model's own depth of the frame that came.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from tqdm import tqdm
 from deltaworld_ros.evaluation.metrics import (
     IGNORE,
     confusion,
+    depth_errors,
     feature_error,
     iou_per_class,
     mean_iou,
@@ -40,6 +43,7 @@ from deltaworld_ros.evaluation.report import summary_text, write_report
 from deltaworld_ros.io.bags import (
     IMAGE,
     IMAGE_TYPES,
+    BagFrame,
     bag_topics,
     message_count,
     read_images,
@@ -49,7 +53,7 @@ from deltaworld_ros.io.images import stamp_ns
 from deltaworld_ros.model.config import generic_classes
 from deltaworld_ros.model.probes import TokenProbe, partner_pairs, probe_tokens
 from deltaworld_ros.model.store import ModelDirError, default_model_dir, load_model, read_manifest
-from deltaworld_ros.ros.futures import decode_futures, parse_layout
+from deltaworld_ros.ros.futures import decode_float_image, decode_futures, parse_layout
 from deltaworld_ros.runtime.engine import open_engine
 from deltaworld_ros.runtime.forecaster import (
     Forecast,
@@ -76,7 +80,7 @@ class _Pending:
     index: int  # kept-frame index the forecast was made at
     stamp_ns: int  # its header stamp
     confidence: np.ndarray  # (K,)
-    hypotheses: np.ndarray  # (K, T, ...) class maps (h, w) or features (N, C)
+    hypotheses: np.ndarray  # (K, T, ...) class maps or depth (h, w), or features (N, C)
     last: np.ndarray | None  # copy-last prediction: the present frame's map / features
     last_target: np.ndarray | None  # the present frame's own target (copy-last of the target)
     targets: list[int | None]  # kept-frame index each step is scored against
@@ -291,8 +295,54 @@ class FeatureScorer(_Scorer):
         ]
 
 
+class DepthScorer(_Scorer):
+    """Depth AbsRel and RMSE per step of the most confident, best-of-K (by AbsRel), mean-of-K
+    and copy-last (the present frame's depth); confidence quality on AbsRel."""
+
+    NAMES = ("most_confident", "best_of_k", "mean_of_k", "copy_last")
+
+    def __init__(self, horizon: int, num_hypotheses: int) -> None:
+        super().__init__(horizon, num_hypotheses)
+        self.values = {
+            metric: {name: [[] for _ in range(horizon)] for name in self.NAMES}
+            for metric in ("abs_rel", "rmse")
+        }
+
+    def _score(self, entry: _Pending, step: int, target: np.ndarray) -> np.ndarray | None:
+        abs_rel, rmse = depth_errors(resize_nearest(entry.hypotheses[:, step], target.shape),
+                                     target)  # fmt: skip
+        if np.isnan(abs_rel).all():
+            return None  # no valid target pixel
+        best, top = int(np.argmin(abs_rel)), int(np.argmax(entry.confidence))
+        for metric, errors in (("abs_rel", abs_rel), ("rmse", rmse)):
+            values = self.values[metric]
+            values["most_confident"][step].append(float(errors[top]))
+            values["best_of_k"][step].append(float(errors[best]))
+            values["mean_of_k"][step].append(float(errors.mean()))
+        if entry.last is not None:
+            last = depth_errors(resize_nearest(entry.last, target.shape), target)
+            for metric, error in zip(("abs_rel", "rmse"), last, strict=True):
+                self.values[metric]["copy_last"][step].append(float(error))
+        return abs_rel
+
+    def summary(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "step": s + 1,
+                "horizon_s": _mean(self.horizon_s[s]),
+                "scored": len(self.horizon_s[s]),
+                **{
+                    metric: {n: _mean(v[s]) for n, v in values.items() if v[s]}
+                    for metric, values in self.values.items()
+                },
+                "confidence": self.quality.summary(s),
+            }
+            for s in range(self.horizon)
+        ]
+
+
 def resize_nearest(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of class maps (..., h, w) -> (..., H, W)."""
+    """Nearest-neighbour resize of class or depth maps (..., h, w) -> (..., H, W)."""
     h, w = maps.shape[-2:]
     if (h, w) == tuple(size):
         return maps
@@ -497,6 +547,7 @@ class EvalOptions:
     bag: Path
     image_topic: str
     label_topic: str | None = "auto"  # "auto": the bag's label topic if it has one; None: none
+    depth_topic: str | None = None  # 32FC1 depth in metres; None: the model's own depth
     model: Path | None = None  # None: the default model
     k: int = 8
     t: int = 3
@@ -532,7 +583,18 @@ class Evaluator:
         self.notes: list[str] = []
         self.label_topic = _label_topic(options, image_types)
         self.labels = (
-            LabelStream(options.bag, self.label_topic, self.notes) if self.label_topic else None
+            LabelStream(read_images(options.bag, self.label_topic, labels=True, damage=self.notes))
+            if self.label_topic
+            else None
+        )
+        if options.depth_topic and topics.get(options.depth_topic) != IMAGE:
+            raise EvalError(
+                f"--depth-topic {options.depth_topic} is not a {IMAGE} topic of {options.bag}"
+            )
+        self.depth_labels = (
+            LabelStream(read_depth(options.bag, options.depth_topic, self.notes))
+            if options.depth_topic
+            else None
         )
         self.recording = None
         self.published: dict[int, deque[Published]] = {}
@@ -561,6 +623,11 @@ class Evaluator:
         self.features = (
             FeatureScorer(self.horizon, self.num_hypotheses) if self.forecaster else None
         )
+        self.depth = (
+            DepthScorer(self.horizon, self.num_hypotheses)
+            if self.forecaster is not None and self.forecaster.has_depth
+            else None
+        )
         self.stats = FrameStats()
         self.timings: list[dict[str, float]] = []
         self.matched: Counter = Counter()
@@ -588,8 +655,9 @@ class Evaluator:
                 "and after the damage"
             )
         self.classes.flush()
-        if self.features is not None:
-            self.features.flush()
+        for scorer in (self.features, self.depth):
+            if scorer is not None:
+                scorer.flush()
         unmatched = sum(len(q) for q in self.published.values())
         if unmatched:
             self.matched["published forecasts with no input frame of that stamp"] = unmatched
@@ -630,6 +698,8 @@ class Evaluator:
                     _pad([f.index for f in futures], self.horizon),
                 )
             )
+        if self.depth is not None:
+            self.score_depth(frame, futures, offline)
         for example in self.examples.values():
             for i, wanted in enumerate(example.indices):
                 if wanted == frame.index:
@@ -701,6 +771,22 @@ class Evaluator:
             notes.append("token probes omitted: no run of 3 consecutive kept frames")
             return None
         return probe.as_dict() | {"pairs_in_recording": self.token_pairs.seen}
+
+    def score_depth(
+        self, frame: KeptFrame, futures: list[KeptFrame], offline: Forecast | None
+    ) -> None:
+        """Score the depth futures that predicted this frame, then take the one made at it."""
+        if self.depth_labels is not None:
+            target = self.depth_labels.get(frame.stamp_ns, frame.log_ns)
+        else:
+            target = offline.current_depth if offline is not None else None
+        self.depth.observe(frame.index, frame.stamp_ns, target)
+        if offline is not None:
+            self.depth.forecast(
+                _Pending(frame.index, frame.stamp_ns, offline.confidence, offline.depth,
+                         offline.current_depth, None, _pad([f.index for f in futures],
+                                                           self.horizon))
+            )  # fmt: skip
 
     def _offline(self, frame: KeptFrame, futures: list[KeptFrame]) -> Forecast | None:
         """The Forecaster on this frame, told the true stamps of the frames that came next
@@ -801,6 +887,17 @@ class Evaluator:
             "latency_ms": _latency(self.timings, stats.read_s, self.recording),
             "notes": notes,
         }
+        if self.depth is not None:
+            metrics["depth"] = {
+                "source": "offline Forecaster run",
+                "target": {"kind": "labels", "topic": self.options.depth_topic}
+                if self.depth_labels is not None
+                else {"kind": "pseudo-labels", "meaning": "the model's own depth of the frame "
+                      "that really came"},
+                "error": "AbsRel = mean |d - d*| / d*; RMSE in metres; over valid target pixels",
+                "steps": self.depth.summary(),
+                "rollout_confidence": self.depth.quality.summary(None),
+            }  # fmt: skip
         if self.recording is not None:
             metrics["predictions"] = dict(self.matched)
             metrics["replay"] = self.recording.replay
@@ -939,13 +1036,26 @@ def _label_topic(options: EvalOptions, image_types: dict[str, str]) -> str | Non
     return candidates[0] if len(candidates) == 1 else None
 
 
-class LabelStream:
-    """The label topic read alongside the frames: the label of the frame's header stamp among
-    the labels recorded within `window_s` of it. A long bag never sits in memory, and in a
-    looping bag each lap finds its own labels."""
+def read_depth(bag: Path, topic: str, damage: list[str]) -> Iterator[BagFrame]:
+    """A 32FC1 depth topic (metres) as frames; an undecodable message has image=None; damage
+    in the bag is noted in `damage` (see io.bags.bag_messages)."""
+    for message in read_messages(bag, [topic], damage):
+        msg = message.msg
+        try:
+            depth, error = decode_float_image(msg), None
+        except ValueError as err:
+            depth, error = None, str(err)
+        yield BagFrame(stamp_ns(msg.header), msg.header.frame_id, depth, error,
+                       message.log_time_ns)  # fmt: skip
 
-    def __init__(self, bag: Path, topic: str, damage: list[str], window_s: float = 2.0) -> None:
-        self.source = read_images(bag, topic, labels=True, damage=damage)
+
+class LabelStream:
+    """Labels (class ids or depth) read alongside the frames: the label of the frame's header
+    stamp among those recorded within `window_s` of it. A long bag never sits in memory, and
+    in a looping bag each lap finds its own labels."""
+
+    def __init__(self, source: Iterator[BagFrame], window_s: float = 2.0) -> None:
+        self.source = source
         self.window_ns = int(window_s * 1e9)
         self.buffer: deque[Any] = deque()  # io.bags.BagFrame, in log-time order
         self.errors = 0  # undecodable label messages
@@ -1065,6 +1175,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="class-id Image topic to score against; 'auto' (default): the bag's topic named "
         "like labels, if exactly one; 'none': pseudo-labels (the model's own segmentation)",
     )
+    parser.add_argument(
+        "--depth-topic",
+        help="32FC1 depth Image topic (metres) to score depth futures against; default: the "
+        "model's own depth of the frame that came (a model with a depth head)",
+    )
     parser.add_argument("--model", type=Path, help="model directory (default: the embedded one)")
     parser.add_argument("--backend", choices=("onnxruntime", "torch"), help="default onnxruntime")
     parser.add_argument(
@@ -1103,6 +1218,7 @@ def run(args: argparse.Namespace) -> int:
         bag=args.bag,
         image_topic=args.image_topic,
         label_topic=args.label_topic,
+        depth_topic=args.depth_topic,
         model=args.model,
         k=args.k,
         t=args.t,

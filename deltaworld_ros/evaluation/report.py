@@ -102,6 +102,13 @@ def summary_text(metrics: dict[str, Any]) -> str:
             f"ignored), identity error / copy-last error {_num(tokens['identity_ratio'])}, "
             f"{tokens['pairs']} frame pairs"
         )
+    for step in metrics.get("depth", {}).get("steps", []):
+        lines.append(
+            f"  depth step {step['step']} ({step['scored']} scored): most confident AbsRel "
+            f"{_num(step['abs_rel'].get('most_confident'))} RMSE "
+            f"{_num(step['rmse'].get('most_confident'), 2)} m, best of K AbsRel "
+            f"{_num(step['abs_rel'].get('best_of_k'))}"
+        )
     quality = metrics["class_maps"]["rollout_confidence"]
     if quality.get("forecasts"):
         lines.append(
@@ -223,6 +230,36 @@ def report_blocks(metrics: dict[str, Any], figures: dict[str, Path]) -> list[Blo
                     ],
                 ),
             ),
+        ]
+    if "depth" in metrics:
+        depth = metrics["depth"]
+        names = {"most_confident": "most confident", "best_of_k": "best of K",
+                 "mean_of_k": "mean of K", "copy_last": "copy last (present depth)"}  # fmt: skip
+        target = depth["target"]
+        against = target.get("topic") or target["meaning"]
+        blocks += [
+            Block("h2", "Depth: error per horizon step"),
+            Block("p", f"{depth['error']}; against {against}; from the {depth['source']}."),
+            Block(
+                "table",
+                (
+                    ["step", "scored"]
+                    + [
+                        f"{metric} {name}"
+                        for metric in ("AbsRel", "RMSE m")
+                        for name in names.values()
+                    ],
+                    [
+                        [s["step"], s["scored"]]
+                        + [
+                            _num(s[metric].get(n), 3)
+                            for metric in ("abs_rel", "rmse")
+                            for n in names
+                        ]
+                        for s in depth["steps"]
+                    ],
+                ),
+            ),  # fmt: skip
         ]
     blocks += [
         Block("h2", "Confidence quality"),

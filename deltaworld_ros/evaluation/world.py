@@ -20,9 +20,9 @@ import torch
 
 from ..model.deltatok import tokenize_offline
 from ..model.deltaworld import DeltaWorld, best_of_k, rollout
-from ..model.loading import load_module_file
+from ..model.loading import WeightFileError, load_module_file
 from ..model.probes import TokenProbe, partner_pairs, probe_tokens
-from ..model.store import default_model_dir, read_manifest
+from ..model.store import ModelDirError, default_model_dir, load_model, read_manifest
 from ..model.world_model import WorldModel
 from ..runtime.postprocess import disagreement
 from ..synth import AGENT_CLASSES, CLASS_NAMES, PALETTE, StreetWorld, WorldConfig
@@ -617,11 +617,12 @@ def run(args: argparse.Namespace) -> int:
         if value < 1:
             raise SystemExit(f"{name} must be >= 1, got {value}")
     directory = args.model or default_model_dir()
-    manifest = read_manifest(directory)
-    from ..model.store import load_model
-
-    model = load_model(directory)
-    baseline = load_baseline(directory, model)
+    try:
+        manifest = read_manifest(directory)
+        model = load_model(directory)
+        baseline = load_baseline(directory, model)
+    except (ModelDirError, WeightFileError) as err:
+        raise SystemExit(f"deltaworld evaluate-world: {err}") from None
     if baseline is None:
         raise SystemExit(
             f"{directory} has no deterministic baseline predictor "

@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seg-head", type=Path, help="published segmentation head file")
     parser.add_argument("--depth-head", type=Path, help="published depth head file")
     parser.add_argument("--fp16", action="store_true", help="also write onnx/fp16/ (optional)")
+    parser.add_argument("--int8", action="store_true",
+                        help="also write onnx/int8/decoder.onnx, kept if its forecasts agree "
+                             "with float32 on >= 99%% of class pixels (optional, CPU)")  # fmt: skip
     parser.add_argument("--skip-check", action="store_true", help="skip the torch/ONNX parity")
 
 
@@ -105,6 +108,17 @@ def run(args: argparse.Namespace) -> int:
         context = f" context {p.context}" if p.context else ""
         print(f"{p.graph:9s} {p.precision} batch {p.batch}{context}: max|onnx - torch| "
               f"{p.max_error:.3g} (tolerance {p.bound:.3g})")  # fmt: skip
+    if args.int8:
+        from .int8 import AccuracyError, add_int8
+
+        try:
+            agreement = add_int8(out)
+        except AccuracyError as err:
+            raise SystemExit(f"deltaworld export: {err}") from None
+        print(f"int8 decoder: forecast class pixels {agreement.class_pixels:.2%} equal to "
+              f"float32's over {agreement.forecasts} forecasts, relative feature error "
+              f"{agreement.feature_error:.3g}")  # fmt: skip
+        manifest = read_manifest(out, verify=False)
     graphs = sorted(f for f in manifest.files if f.startswith("onnx/"))
     print(f"wrote {len(graphs)} graphs and {out / 'manifest.json'}")
     return 0

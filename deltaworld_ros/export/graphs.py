@@ -1,4 +1,4 @@
-"""The five inference graphs as small torch modules with named inputs, and their ONNX export.
+"""The inference graphs as small torch modules with named inputs, and their ONNX export.
 
 Each wrapper's forward signature names the ONNX inputs; every graph has a dynamic batch axis,
 the predictor also a dynamic context length. The exporter is torch.export-based
@@ -78,6 +78,17 @@ class Head(nn.Module):
         return self.seg_head(y, self.grid)
 
 
+class Depth(nn.Module):
+    def __init__(self, model: WorldModel) -> None:
+        super().__init__()
+        self.depth_head = model.depth_head
+        self.grid = model.cfg.grid
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        """y (B, N, C) -> depth (B, 1, h, w) in metres on the patch grid."""
+        return self.depth_head(y, self.grid)
+
+
 @dataclass(frozen=True)
 class GraphSpec:
     name: str
@@ -100,13 +111,15 @@ SPECS = {
         ("predictor", Predictor),
         ("decoder", Decoder),
         ("head", Head),
+        ("depth", Depth),
     )
 }
 
 
 def graph_names(model: WorldModel) -> list[str]:
-    """The graphs this model has (no head graph without a segmentation head)."""
-    return [g for g in SPECS if g != "head" or model.seg_head is not None]
+    """The graphs this model has (head and depth only with their heads)."""
+    heads = {"head": model.seg_head, "depth": model.depth_head}
+    return [g for g in SPECS if heads.get(g, model) is not None]
 
 
 def example_inputs(
@@ -132,7 +145,7 @@ def example_inputs(
         stamps = torch.arange(length + 1) * cfg.frame_interval + jitter  # (B, L + 1) s
         queries = randn(batch, 1, d) * cfg.backbone.initializer_range
         return queries, randn(batch, length, c), stamps[:, length:], stamps[:, :length]
-    if graph == "head":
+    if graph in ("head", "depth"):
         return (randn(batch, n, c),)
     raise ValueError(f"unknown graph {graph!r}; graphs: {list(SPECS)}")
 

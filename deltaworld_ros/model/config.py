@@ -215,7 +215,8 @@ def small(head: HeadConfig | None = None, image_size: tuple[int, int] = (96, 96)
     """The size of the embedded default model, trainable on a 2-core CPU in under an hour.
 
     Patch 8 at 96x96 gives a 12x12 feature grid (finer maps than 16 px patches would); the
-    tokenizer's layer scales start at 0.1 instead of 1e-5: it trains from scratch, briefly.
+    tokenizer's layer scales start at 1 instead of 1e-5: it trains from scratch, briefly, and
+    its one token must reach the decoder's output from the first step.
     """
     head = head or HeadConfig(*generic_classes(10))
     return ModelConfig(
@@ -226,7 +227,7 @@ def small(head: HeadConfig | None = None, image_size: tuple[int, int] = (96, 96)
         ),
         tokenizer=TokenizerConfig(
             hidden_size=96, num_heads=4, num_encoder_layers=3, num_decoder_layers=3,
-            intermediate_size=2 * 384 // 3, layer_scale_init=0.1,
+            intermediate_size=2 * 384 // 3, layer_scale_init=1.0,
         ),
         predictor=PredictorConfig(hidden_size=128, num_layers=4, num_heads=2),
         head=head,

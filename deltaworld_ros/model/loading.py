@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import BackboneConfig, ModelConfig
+from .store import weight_path
 from .world_model import MODULES, WorldModel
 
 # Wrapper prefixes that training frameworks put in front of a module's own keys.
@@ -166,10 +167,6 @@ def load_published(
                 )
             load_module_file(module, path)
     return model.eval()
-
-
-def weight_path(directory: str | Path, module: str) -> Path:
-    return Path(directory) / "weights" / f"{module}.safetensors"
 
 
 def save_weights(model: WorldModel, directory: str | Path) -> list[Path]:

@@ -15,11 +15,12 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import ModelConfig
-from .loading import WeightFileError, load_weights
-from .world_model import WorldModel
+
+if TYPE_CHECKING:
+    from .world_model import WorldModel
 
 MANIFEST = "manifest.json"
 FORMAT = "deltaworld-model/1"
@@ -133,8 +134,14 @@ def _parse(directory: Path, path: Path, body: Any) -> Manifest:
     return Manifest(directory, config, files, provenance)
 
 
+def weight_path(directory: str | Path, module: str) -> Path:
+    return Path(directory) / "weights" / f"{module}.safetensors"
+
+
 def load_model(directory: str | Path) -> WorldModel:
     """Verified manifest + this package's weight files -> WorldModel in eval mode."""
+    from .loading import WeightFileError, load_weights  # torch: only for the torch side
+
     manifest = read_manifest(directory)
     try:
         return load_weights(manifest.config, manifest.directory)

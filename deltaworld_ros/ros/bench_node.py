@@ -34,7 +34,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 from ..io.images import stamp_ns
-from ..model.store import default_model_dir, read_manifest
+from ..model.store import ModelDirError, default_model_dir, read_manifest
 from ..synth import WorldConfig, render_sequence
 from . import packing
 from .harness import NodeProcess, Probe, domain_id, write_params
@@ -84,7 +84,10 @@ def stage_means(reports: list[dict[str, str]]) -> dict[str, float]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     model_dir = Path(args.model_dir) if args.model_dir else default_model_dir()
-    manifest = read_manifest(model_dir, verify=False)
+    try:
+        manifest = read_manifest(model_dir, verify=False)
+    except ModelDirError as err:
+        raise SystemExit(f"deltaworld_ros.ros.bench_node: {err}") from None
     height, width = args.size
     messages = frames(height, width, args.frames, args.rate)
     params = {

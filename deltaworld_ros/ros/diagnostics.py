@@ -20,7 +20,8 @@ STALE = "dropped: stale"  # replaced in its slot by a newer frame before inferen
 WRONG_SIZE = "dropped: wrong size"
 DECODE_ERROR = "dropped: decode error"  # + " (<kind>)"
 FAILED = "dropped: inference error"
-DROPPED = "dropped: "  # prefix of every drop; all but STALE mean bad input or a failure
+INACTIVE = "dropped: inactive"  # a managed node that is not active forecasts nothing
+DROPPED = "dropped: "  # prefix of every drop; all but STALE, INACTIVE mean bad input or a failure
 NORMALISED = "stamp: nanosec normalised"  # kept, the outputs carry the normalised stamp
 LATENCY = "stamp to publish"  # ROS time at publication - header stamp
 
@@ -56,7 +57,9 @@ class NodeStats:
         with self._lock:
             self._forecaster = snapshot
 
-    def report(self, cameras: dict[str, str], engine: dict[str, str]) -> list[DiagnosticStatus]:
+    def report(
+        self, cameras: dict[str, str], engine: dict[str, str], active: bool = True
+    ) -> list[DiagnosticStatus]:
         """One status per camera (cameras: name -> input topic) and one for the engine;
         rates and stage times over the period since the last report, which starts a new one."""
         now = time.monotonic()
@@ -69,7 +72,7 @@ class NodeStats:
             problems = dict(self._problems)
         statuses = [
             _camera_status(
-                name, topic, counts[name], counts[name] - last[name], period, problems[name]
+                name, topic, counts[name], counts[name] - last[name], period, problems[name], active
             )
             for name, topic in cameras.items()
         ]
@@ -92,12 +95,22 @@ class NodeStats:
 
 
 def _camera_status(
-    name: str, topic: str, totals: Counter, recent: Counter, period: float, setting: str | None
+    name: str,
+    topic: str,
+    totals: Counter,
+    recent: Counter,
+    period: float,
+    setting: str | None,
+    active: bool,
 ) -> DiagnosticStatus:
     problems = {
-        key: n for key, n in recent.items() if n > 0 and key.startswith(DROPPED) and key != STALE
+        key: n
+        for key, n in recent.items()
+        if n > 0 and key.startswith(DROPPED) and key not in (STALE, INACTIVE)
     }
-    if recent[RECEIVED] == 0:
+    if not active:
+        level, message = DiagnosticStatus.OK, f"inactive: {recent[INACTIVE]} frames not forecast"
+    elif recent[RECEIVED] == 0:
         level, message = DiagnosticStatus.WARN, f"no frames on {topic} in the last {period:.1f} s"
     elif problems or setting:
         level = DiagnosticStatus.WARN
@@ -114,6 +127,7 @@ def _camera_status(
         STALE: totals[STALE],
         "dropped: gated": totals["gated"],
         WRONG_SIZE: totals[WRONG_SIZE],
+        INACTIVE: totals[INACTIVE],
     }
     values.update(
         {

@@ -4,11 +4,13 @@
 tiles: row k is hypothesis k (rows sorted by confidence, most confident first), column t is
 horizon step t + 1, i.e. the frame expected `(t + 1) * step_seconds` after the header stamp.
 `futures/confidence` is a 32FC1 image 1 x K (the rows' confidences, summing to 1),
-`futures/uncertainty` a 32FC1 image of 1 x T tiles, and `futures/layout` (transient local)
-the JSON that says how to cut them: see `make_layout`.
+`futures/uncertainty` a 32FC1 image of 1 x T tiles, `futures/depth` (a model with a depth
+head) a 32FC1 image of K x T tiles in metres, rows and columns as in `futures`, and
+`futures/layout` (transient local) the JSON that says how to cut them: see `make_layout`.
 
     classes, confidence = decode_futures(futures_msg, confidence_msg, layout_msg)
     classes.shape == (K, T, h, w); confidence.shape == (K,)
+    depth = decode_depth(depth_msg, layout_msg)  # (K, T, h, w) metres
 """
 
 from __future__ import annotations
@@ -55,9 +57,11 @@ def make_layout(
     encoding: str,
     crop: str,
     source_size: tuple[int, int],
+    depth: bool = False,
 ) -> dict[str, Any]:
     """The `futures/layout` JSON body. tile_size is (h, w) of one tile, the crops of a wide
-    frame side by side in it; "crops" locates each in the source frame (see crop_boxes)."""
+    frame side by side in it; "crops" locates each in the source frame (see crop_boxes).
+    "depth" describes futures/depth, null when the model has no depth head."""
     return {
         "format": LAYOUT_FORMAT,
         "camera": camera,
@@ -73,7 +77,9 @@ def make_layout(
         "crop": crop,
         "crops": crop_boxes(source_size, crop),
         "source_size": [int(source_size[0]), int(source_size[1])],
-    }
+        "depth": {"topic": "futures/depth", "encoding": "32FC1", "unit": "m",
+                  "tiles": "as in futures: K rows x T columns"} if depth else None,
+    }  # fmt: skip
 
 
 def parse_layout(layout: Any) -> dict[str, Any]:
@@ -138,6 +144,14 @@ def decode_futures(
                 f"confidence has {confidence.size} values but the layout says K={body['K']}"
             )
     return untile(mosaic, body["K"], body["T"]), confidence
+
+
+def decode_depth(depth_msg: Any, layout: Any) -> np.ndarray:
+    """futures/depth + the layout -> depth (K, T, h, w) in metres, rows as in futures."""
+    body = parse_layout(layout)
+    if not body.get("depth"):
+        raise ValueError("the layout says this model publishes no futures/depth")
+    return untile(decode_float_image(depth_msg), body["K"], body["T"])
 
 
 def _stamp(msg: Any) -> tuple[int, int]:

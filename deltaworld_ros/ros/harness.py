@@ -93,9 +93,12 @@ class NodeProcess:
 
     def interrupt(self, timeout: float = 15.0) -> int:
         """SIGINT, as Ctrl-C in a terminal; the exit code."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGINT)
+        self.send(signal.SIGINT)
         return self.process.wait(timeout)
+
+    def send(self, sig: signal.Signals) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -137,6 +140,19 @@ class Probe:
 
     def publisher(self, kind: type, topic: str, qos: QoSProfile | int = 10) -> Any:
         return self.node.create_publisher(kind, topic, qos)
+
+    def call(self, kind: type, name: str, request: Any, timeout: float = 15.0) -> Any:
+        """The response of service `name` to `request`; TimeoutError if none within timeout s."""
+        client = self.node.create_client(kind, name)
+        try:
+            if not client.wait_for_service(timeout_sec=timeout):
+                raise TimeoutError(f"service {name} not available within {timeout} s")
+            future = client.call_async(request)
+            if not self.wait_for(future.done, timeout):
+                raise TimeoutError(f"service {name} did not answer within {timeout} s")
+            return future.result()
+        finally:
+            self.node.destroy_client(client)
 
     def received(self, topic: str) -> list[Any]:
         with self.lock:

@@ -10,6 +10,7 @@ and logged at most every WARN_EVERY_S per cause; it never costs another camera i
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import threading
 import time
@@ -22,7 +23,8 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.logging import get_logging_severity_from_string
 from rclpy.node import Node
 from rclpy.qos import (
     DurabilityPolicy,
@@ -42,6 +44,7 @@ from . import packing
 from .diagnostics import (
     DECODE_ERROR,
     FAILED,
+    INACTIVE,
     LATENCY,
     NORMALISED,
     PUBLISHED,
@@ -74,6 +77,7 @@ LAYOUT_QOS = QoSProfile(
 ADOPT_SIZE_AFTER = 3  # consecutive frames of a new size before a camera is taken as resized
 WARN_EVERY_S = 5.0  # a repeated input problem is logged at most this often (all are counted)
 JOIN_TIMEOUT_S = 10.0
+SPIN_TIMEOUT_S = 0.5  # how often the main loop checks whether a managed node has finished
 
 
 class LatestFrames:
@@ -132,14 +136,17 @@ class FrameSizes:
         return self._size[camera]
 
 
-class ForecastNode(Node):
-    """Subscribes to the cameras, publishes their futures, layout, visualization, diagnostics."""
+class Forecasting:
+    """forecast_node's work, mixed into a plain or a managed rclpy node: while started, the
+    engine, the outputs, /diagnostics and the worker; while active, frames are forecast."""
 
-    def __init__(self, argv: list[str] = ()) -> None:
-        super().__init__("forecast_node")
-        self.settings: NodeSettings = declare_and_read(self, argv)
-        for name in undeclared_overrides(self):
-            self.get_logger().warning(f"parameter {name!r} is not a forecast_node parameter")
+    settings: NodeSettings
+    started = False
+    active = False  # an inactive node counts the frames that arrive and forecasts none
+    finished = False  # the main loop ends once set (a managed node that was shut down)
+
+    def start(self) -> None:
+        """Open the engine, create the outputs and the diagnostics timer, start the worker."""
         settings = self.settings
         self.engine = open_engine(
             settings.model_dir,
@@ -176,35 +183,75 @@ class ForecastNode(Node):
                     Image, f"{ns}/futures/uncertainty", OUTPUT_QOS
                 ),
                 "layout": self.create_publisher(String, f"{ns}/futures/layout", LAYOUT_QOS),
+                "depth": self.create_publisher(Image, f"{ns}/futures/depth", OUTPUT_QOS)
+                if self.forecaster.has_depth
+                else None,
                 "visualization": self.create_publisher(Image, f"{ns}/visualization", OUTPUT_QOS)
                 if settings.visualization
                 else None,
             }
-            kind = CompressedImage if camera.transport == "compressed" else Image
-            self.create_subscription(
-                kind, camera.topic, partial(self.on_image, camera.name, kind), SENSOR_QOS, raw=True
-            )
+        self.camera_subscriptions: list[Any] = []
         self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_timer(
+        self.diagnostics_timer = self.create_timer(
             settings.diagnostics_period,
             self.on_diagnostics_timer,
             clock=Clock(clock_type=ClockType.STEADY_TIME),  # keeps reporting when /clock stops
         )
         self.worker = threading.Thread(target=self.run_worker, name="forecast_worker")
         self.worker.start()
+        self.started = True
         topics = ", ".join(
             f"{c.topic} ({c.transport}) -> {self.resolve_topic_name(c.namespace)}"
             for c in settings.cameras
         )
         self.get_logger().info(
             f"forecasting K={settings.forecaster.num_hypotheses} x T={settings.forecaster.horizon}"
-            f" with {model.name} on {self.engine.backend} {self.engine.providers}: {topics}"
+            f" with {model.name}, {self.engine.placement}: {topics}"
         )
+
+    def activate(self) -> None:
+        """Subscribe to the cameras (on the first activation) and forecast what arrives."""
+        if not self.camera_subscriptions:
+            for camera in self.settings.cameras:
+                kind = CompressedImage if camera.transport == "compressed" else Image
+                self.camera_subscriptions.append(
+                    self.create_subscription(
+                        kind,
+                        camera.topic,
+                        partial(self.on_image, camera.name, kind),
+                        SENSOR_QOS,
+                        raw=True,
+                    )
+                )
+        self.active = True
+
+    def stop(self) -> None:
+        """Stop the worker (after its current batch), remove subscriptions, outputs and timer,
+        and free the engine."""
+        if not self.started:
+            return
+        self.active = self.started = False
+        self.frames.close()
+        self.worker.join(JOIN_TIMEOUT_S)
+        if self.worker.is_alive():
+            self.get_logger().warning(f"worker still busy after {JOIN_TIMEOUT_S:.0f} s")
+        for subscription in self.camera_subscriptions:
+            self.destroy_subscription(subscription)
+        for publishers in self.publishers_.values():
+            for publisher in publishers.values():
+                if publisher is not None:
+                    self.destroy_publisher(publisher)
+        self.destroy_publisher(self.diagnostics_publisher)
+        self.destroy_timer(self.diagnostics_timer)
+        del self.forecaster, self.engine  # the last references to the inference sessions
 
     def on_image(self, camera: str, kind: type, raw: bytes) -> None:
         """Serialized camera message -> checked frame in the camera's latest-frame slot; never
         blocks on inference."""
         self.stats.count(camera, RECEIVED)
+        if not self.active:
+            self.stats.count(camera, INACTIVE)
+            return
         try:
             frame = receive(raw, kind)
         except InputRejected as err:
@@ -229,7 +276,7 @@ class ForecastNode(Node):
             **{f"provider: {graph}": p for graph, p in self.engine.providers.items()},
         }
         cameras = {c.name: self.resolve_topic_name(c.topic) for c in self.settings.cameras}
-        msg = DiagnosticArray(status=self.stats.report(cameras, engine))
+        msg = DiagnosticArray(status=self.stats.report(cameras, engine, self.active))
         msg.header.stamp = self.get_clock().now().to_msg()
         self.diagnostics_publisher.publish(msg)
 
@@ -266,6 +313,9 @@ class ForecastNode(Node):
         for forecast, (header, rgb) in zip(results, sources, strict=True):
             if forecast is not None:
                 self.publish(forecast, header, rgb)
+        ahead = self.forecaster.encode_ahead()  # after publishing: off the next frame's latency
+        if ahead:
+            self.stats.record("forecaster: encode ahead", ahead)
 
     def decode(self, camera: str, msg: Image | CompressedImage) -> np.ndarray | None:
         """RGB uint8 of a camera message; None (logged and counted) if it cannot be used."""
@@ -298,7 +348,8 @@ class ForecastNode(Node):
             (log or self.get_logger().warning)(text)
 
     def publish(self, forecast: Forecast, header: Header, rgb: np.ndarray) -> None:
-        """One forecast -> layout (when it changed), confidence, uncertainty, futures, mosaic."""
+        """One forecast -> layout (when it changed), confidence, uncertainty, depth, futures,
+        mosaic."""
         start = time.perf_counter()
         camera = forecast.stream_id
         publishers = self.publishers_[camera]
@@ -310,8 +361,10 @@ class ForecastNode(Node):
         messages += [
             (publishers["confidence"].publish, packing.confidence_message(forecast, header)),
             (publishers["uncertainty"].publish, packing.uncertainty_message(forecast, header)),
-            (publishers["futures"].publish, packing.futures_message(forecast, header)),
         ]
+        if publishers["depth"] is not None:
+            messages.append((publishers["depth"].publish, packing.depth_message(forecast, header)))
+        messages.append((publishers["futures"].publish, packing.futures_message(forecast, header)))
         if publishers["visualization"] is not None:
             mosaic = packing.visualization_message(forecast, rgb, self.palette, header)
             messages.append((publishers["visualization"].publish, mosaic))
@@ -343,19 +396,35 @@ class ForecastNode(Node):
             encoding=packing.class_encoding(forecast.classes.dtype),
             crop=self.settings.forecaster.crop,
             source_size=source_size,
+            depth=self.forecaster.has_depth,
         )
 
-    def close(self) -> None:
-        """Stop the worker (after its current batch) and wait for it."""
-        self.frames.close()
-        self.worker.join(JOIN_TIMEOUT_S)
-        if self.worker.is_alive():
-            self.get_logger().warning(f"worker still busy after {JOIN_TIMEOUT_S:.0f} s")
+
+class ForecastNode(Forecasting, Node):
+    """Subscribes to the cameras, publishes their futures, layout, visualization, diagnostics."""
+
+    def __init__(self, argv: list[str] = ()) -> None:
+        super().__init__("forecast_node")
+        self.settings = read_settings(self, argv)
+        self.start()
+        self.activate()
 
 
-def main(args: list[str] | None = None) -> int:
-    """forecast_node [--ros-args ...]: run until SIGINT (exit 0); exit 2 on a bad parameter,
-    1 on a model that cannot load."""
+def read_settings(node: Node, argv: list[str]) -> NodeSettings:
+    """The node's parameters, declared and validated against the command line argv it was
+    started with; names it does not know are logged."""
+    settings = declare_and_read(node, argv)
+    if settings.log_level:
+        node.get_logger().set_level(get_logging_severity_from_string(settings.log_level))
+    for name in undeclared_overrides(node):
+        node.get_logger().warning(f"parameter {name!r} is not a forecast_node parameter")
+    node.get_logger().debug(f"settings: {settings}")
+    return settings
+
+
+def run(make_node: Callable[[list[str]], Forecasting], args: list[str] | None) -> int:
+    """Create the node from the command line's parameters and spin it until SIGINT or SIGTERM
+    (exit 0); exit 2 on a bad parameter, 1 on a model that cannot load."""
     argv = sys.argv if args is None else args
     logger = rclpy.logging.get_logger("forecast_node")
     try:
@@ -365,7 +434,7 @@ def main(args: list[str] | None = None) -> int:
         logger.fatal(f"cannot start: {str(err).splitlines()[0]}")
         return 2
     try:
-        node = ForecastNode(argv)
+        node = make_node(argv)
     except ParameterError as err:
         logger.fatal(str(err))
         rclpy.try_shutdown()
@@ -381,15 +450,38 @@ def main(args: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         rclpy.try_shutdown()
         return 0
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
     try:
-        rclpy.spin(node)
+        while node.context.ok() and not node.finished:
+            executor.spin_once(timeout_sec=SPIN_TIMEOUT_S)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        node.close()
+        ignore_stop_signals()
+        node.stop()
+        executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def ignore_stop_signals() -> None:
+    """From here on SIGINT and SIGTERM are ignored: a second Ctrl-C, or the signal a terminal
+    or launch sends the whole process group, must not cut the worker and rclpy off halfway."""
+    while True:
+        try:
+            rclpy.uninstall_signal_handlers()  # they would chain to KeyboardInterrupt
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            return
+        except KeyboardInterrupt:  # a signal that came before the handlers were replaced
+            continue
+
+
+def main(args: list[str] | None = None) -> int:
+    """forecast_node [--ros-args ...]"""
+    return run(ForecastNode, args)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,11 @@ def uncertainty_message(forecast: Forecast, header: Header) -> Image:
     return image_message(tile(forecast.uncertainty[None].astype(np.float32)), "32FC1", header)
 
 
+def depth_message(forecast: Forecast, header: Header) -> Image:
+    """32FC1 metres, K rows x T columns of tiles as in futures."""
+    return image_message(tile(forecast.depth.astype(np.float32)), "32FC1", header)
+
+
 def palette_array(palette: Sequence[Sequence[int]], num_classes: int) -> np.ndarray:
     """(num_classes, 3) uint8; a generated palette when the model ships none."""
     if len(palette) < num_classes:

@@ -29,7 +29,8 @@ from ..runtime.ort_engine import provider_name
 TRANSPORTS = ("raw", "compressed")
 CROPS = ("resize", "square")
 BACKENDS = ("onnxruntime", "torch")
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("fp32", "fp16", "int8", "bf16")
+LOG_LEVELS = ("", "debug", "info", "warn", "error", "fatal")
 NAME_TOKEN = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 TOPIC_NAME = re.compile(r"^~?/?[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*$")
 
@@ -87,7 +88,9 @@ SPECS: dict[str, Spec] = {
         "instead of falling back to the next",
     ),
     "precision": Spec(
-        "fp32", "numeric precision of the graphs (bf16: torch only)", choices=PRECISIONS
+        "fp32",
+        "numeric precision of the graphs (int8: onnxruntime, bf16: torch)",
+        choices=PRECISIONS,
     ),
     "device": Spec("cpu", "torch backend's device: cpu, cuda or cuda:<index>"),
     "threads": Spec(0, "CPU threads of the engine; 0 = its default (all cores)", 0, 256),
@@ -121,6 +124,11 @@ SPECS: dict[str, Spec] = {
         1,
         2**30,
     ),
+    "log_level": Spec(
+        "",
+        "level of this node's logger (rcl's keep theirs); '' = --log-level's",
+        choices=LOG_LEVELS,
+    ),  # fmt: skip
 }
 CAMERA_SPECS: dict[str, Spec] = {
     "topic": Spec(
@@ -153,6 +161,7 @@ class NodeSettings:
     visualization: bool
     diagnostics_period: float
     max_input_pixels: int
+    log_level: str
 
 
 def declare_and_read(node: Node, argv: list[str] = ()) -> NodeSettings:
@@ -189,6 +198,10 @@ def declare_and_read(node: Node, argv: list[str] = ()) -> NodeSettings:
         "bf16 runs on the torch backend only; use fp16 with onnxruntime",
     )  # fmt: skip
     read.check(
+        values["precision"] != "int8" or values["backend"] == "onnxruntime", "precision", "int8",
+        "the int8 decoder is an onnxruntime graph (deltaworld export --int8)",
+    )  # fmt: skip
+    read.check(
         values["device"] == "cpu" or re.fullmatch(r"cuda(:\d+)?", values["device"]) is not None,
         "device", values["device"], "cpu, cuda or cuda:<index>",
     )  # fmt: skip
@@ -223,6 +236,7 @@ def declare_and_read(node: Node, argv: list[str] = ()) -> NodeSettings:
         visualization=values["visualization"],
         diagnostics_period=values["diagnostics_period"],
         max_input_pixels=values["max_input_pixels"],
+        log_level=values["log_level"],
     )
     for name, text in command_line_values(argv):
         if node.has_parameter(name):
@@ -325,7 +339,8 @@ class _Reader:
         self.check(
             path.is_dir(), "model_dir", value,
             f"no such directory {path}: bring the model there (a directory with manifest.json, "
-            "written by `deltaworld export`) or set model_dir:='' for the embedded default",
+            "written by `deltaworld export`) or set model_dir:='' for the embedded default "
+            "(launch argument model_dir:=embedded)",
         )  # fmt: skip
         return path
 

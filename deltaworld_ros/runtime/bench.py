@@ -30,10 +30,13 @@ from ..model.config import PRESETS, ModelConfig
 from ..model.store import ModelDirError
 from .engine import GRAPHS, Engine, open_engine
 from .forecaster import Forecaster, ForecasterConfig, FrameInput
+from .threads import passive_openmp
 
-STAGES = ("preprocess", "backbone", "encode", "predict", "decode", "head", "post", "total")
+# "total" is the latency of Forecaster.process; "ahead" the work done after it (encode_ahead).
+STAGES = ("preprocess", "backbone", "encode", "predict", "decode", "head", "depth", "post",
+          "total", "ahead")  # fmt: skip
 STAGE_OF = {"backbone": "backbone", "encoder": "encode", "predictor": "predict",
-            "decoder": "decode", "head": "head"}  # fmt: skip
+            "decoder": "decode", "head": "head", "depth": "depth"}  # fmt: skip
 
 
 # ---------------------------------------------------------------- closed-form FLOPs per row
@@ -78,19 +81,22 @@ def graph_flops(cfg: ModelConfig, graph: str, context: int | None = None) -> int
         return pr.num_layers * layer + 2 * d * c  # + head to token size
     if graph == "head":
         return 2 * n * c * cfg.head.num_classes
+    if graph == "depth":  # 1x1 conv to the bins, then the expectation over them
+        return 2 * n * c * cfg.head.depth_bins + 2 * n * cfg.head.depth_bins
     raise ValueError(f"unknown graph {graph!r}")
 
 
 def frame_flops(cfg: ModelConfig, k: int, horizon: int, context: int) -> dict[str, int]:
     """Steady-state FLOPs per stream-frame: one backbone pass, the new delta plus the re-encoded
     anchor, K x T predictor and decoder rows (context growing by one token per step), and the
-    head on K x T forecasts + the current frame."""
+    heads (segmentation, depth) on K x T forecasts + the current frame."""
     return {
         "backbone": graph_flops(cfg, "backbone"),
         "encoder": 2 * graph_flops(cfg, "encoder"),
         "predictor": k * sum(graph_flops(cfg, "predictor", context + t) for t in range(horizon)),
         "decoder": k * horizon * graph_flops(cfg, "decoder"),
         "head": (k * horizon + 1) * graph_flops(cfg, "head") if cfg.head.num_classes else 0,
+        "depth": (k * horizon + 1) * graph_flops(cfg, "depth") if cfg.head.with_depth else 0,
     }
 
 
@@ -102,6 +108,7 @@ class CountingEngine:
         self.config = engine.config
         self.backend = engine.backend
         self.providers = engine.providers
+        self.placement = engine.placement
         self.learned_query = engine.learned_query
         self.precision = engine.precision
         self.flops: dict[str, int] = dict.fromkeys(GRAPHS, 0)
@@ -128,6 +135,10 @@ class CountingEngine:
     def head(self, y: np.ndarray) -> np.ndarray:
         self._count("head", len(y))
         return self.inner.head(y)
+
+    def depth(self, y: np.ndarray) -> np.ndarray:
+        self._count("depth", len(y))
+        return self.inner.depth(y)
 
     def take(self) -> dict[str, int]:
         counted, self.flops = self.flops, dict.fromkeys(GRAPHS, 0)
@@ -173,7 +184,7 @@ class Records:
     """Per-step measurements in arrays allocated up front, so that a soak's own bookkeeping
     does not grow the RSS it measures."""
 
-    wall: np.ndarray  # (steps,) s, the whole process() call
+    wall: np.ndarray  # (steps,) s, process() and encode_ahead()
     cpu: np.ndarray  # (steps,) s of this process's CPU time in it (blind to busy neighbours)
     stages: np.ndarray  # (steps, len(STAGES)) s, the Forecaster's timings; NaN: no forecast
     flops: np.ndarray  # (steps, len(GRAPHS)) counted FLOPs
@@ -212,15 +223,30 @@ def run_steps(
         engine.take()
         start, cpu = time.perf_counter(), time.process_time()
         results = forecaster.process(batch)
+        ahead = forecaster.encode_ahead()
         records.wall[i] = time.perf_counter() - start
         records.cpu[i] = time.process_time() - cpu
         done = next((r for r in results if r is not None), None)
         if done is not None:
-            records.stages[i] = [done.timings.get(stage, 0.0) for stage in STAGES]
+            records.stages[i] = [ahead if stage == "ahead" else done.timings.get(stage, 0.0)
+                                 for stage in STAGES]  # fmt: skip
         counted = engine.take()
         records.flops[i] = [counted[g] for g in GRAPHS]
         records.rss[i] = rss_bytes()
     return records
+
+
+def run_record() -> dict[str, Any]:
+    """Where and when a benchmark ran, and the command that ran it."""
+    return {
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join(["deltaworld", *sys.argv[1:]]),
+    }
 
 
 def percentiles_ms(seconds: np.ndarray) -> dict[str, float]:
@@ -239,12 +265,16 @@ def summarise(records: Records, streams: int) -> dict[str, Any]:
     achieved = {}
     for graph in GRAPHS:
         seconds = float(records.stage(STAGE_OF[graph]).sum())
+        if graph == "encoder":  # the anchors encoded ahead are encoder calls too
+            seconds += float(records.stage("ahead").sum())
         if seconds > 0:
             achieved[STAGE_OF[graph]] = flops[graph] / seconds
     return {
         "steps": len(records),
         "stream_frames": frames,
         "stream_frames_per_s": frames / wall,
+        # busy neighbours stretch wall time; CPU time per step is what a quiet machine pays
+        "cpu_ms_per_step": percentiles_ms(records.cpu),
         "stages": {
             stage: percentiles_ms(records.stage(stage))
             for stage in STAGES
@@ -290,7 +320,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--providers", default="tensorrt,cuda,cpu",
                         help="onnxruntime providers in order of preference")  # fmt: skip
     parser.add_argument("--strict", action="store_true", help="fail unless every provider runs")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "fp16", "int8", "bf16"),
+        help="int8: the decoder of `deltaworld export --int8` (onnxruntime)",
+    )
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
     parser.add_argument("--threads", type=int, help="intra-op threads (default: the runtime's)")
     parser.add_argument("--k", type=int, default=8, help="hypotheses K")
@@ -326,6 +361,7 @@ def open_bench_engine(args: argparse.Namespace, workdir: Path) -> tuple[Engine, 
 
         model_dir = args.model_dir or default_model_dir()
         return open_engine(model_dir, **kwargs), str(model_dir)
+    passive_openmp()
     import torch
 
     from ..export.cli import with_image_size
@@ -391,13 +427,7 @@ def bench(engine: Engine, source: str, args: argparse.Namespace) -> int:
             cfg, args.k, args.t, forecaster.context_length
         ),
         "peak_rss_mib": peak_rss_bytes() / 2**20,
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-        },  # fmt: skip
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join(["deltaworld", *sys.argv[1:]]),
+        **run_record(),
     }
     if args.soak:
         result["soak"] = soak_report(records, args.soak_tolerance)
@@ -434,7 +464,8 @@ def report(result: dict[str, Any]) -> str:
             + (f" {rate / 1e9:9.2f}" if rate is not None else "")
         )
     lines.append(
-        f"throughput {result['stream_frames_per_s']:.2f} stream-frames/s; "
+        f"throughput {result['stream_frames_per_s']:.2f} stream-frames/s; CPU time per step "
+        f"{result['cpu_ms_per_step']['median_ms']:.2f} ms (median, all threads); "
         f"peak RSS {result['peak_rss_mib']:.0f} MiB"
     )
     closed = result["closed_form_flops_per_stream_frame"]

@@ -1,4 +1,4 @@
-"""The five graphs behind one small interface; ONNX Runtime and torch are two backends of it.
+"""The graphs behind one small interface; ONNX Runtime and torch are two backends of it.
 
 Every call takes and returns float32 numpy arrays with a leading batch axis that packs
 streams (cameras x crops) and hypotheses, so that one frame costs one call per graph.
@@ -13,8 +13,10 @@ from typing import Protocol
 import numpy as np
 
 from ..model.config import ModelConfig
+from .threads import passive_openmp
 
-GRAPHS = ("backbone", "encoder", "predictor", "decoder", "head")
+GRAPHS = ("backbone", "encoder", "predictor", "decoder", "head", "depth")
+OPTIONAL_GRAPHS = ("depth",)  # a model with a depth head; exports before it lack the graph
 # The ONNX interface of each graph: input names in call order, and the output's name.
 INPUTS = {
     "backbone": ("pixels",),
@@ -22,10 +24,14 @@ INPUTS = {
     "predictor": ("queries", "kv", "pos_q", "pos_k"),
     "decoder": ("z", "x"),
     "head": ("y",),
+    "depth": ("y",),
 }
 OUTPUTS = {"backbone": "y", "encoder": "z", "predictor": "z_hat", "decoder": "y_hat",
-           "head": "logits"}  # fmt: skip
+           "head": "logits", "depth": "depth"}  # fmt: skip
 CONTEXT_INPUTS = ("kv", "pos_k")  # the predictor's inputs whose axis 1 is the context length
+
+
+INT8_GRAPHS = ("decoder",)  # quantized by `deltaworld export --int8`; the rest stay float32
 
 
 def graph_shapes(cfg: ModelConfig) -> dict[str, dict[str, tuple[int | str, ...]]]:
@@ -40,20 +46,27 @@ def graph_shapes(cfg: ModelConfig) -> dict[str, dict[str, tuple[int | str, ...]]
                       "pos_k": ("B", "L"), "z_hat": ("B", 1, c)},
         "decoder": {"z": ("B", 1, c), "x": ("B", n, c), "y_hat": ("B", n, c)},
         "head": {"y": ("B", n, c), "logits": ("B", cfg.head.num_classes, *cfg.grid)},
+        "depth": {"y": ("B", n, c), "depth": ("B", 1, *cfg.grid)},
     }  # fmt: skip
 
 
 def graph_file(graph: str, precision: str = "fp32") -> str:
-    """Path of a graph inside a model directory: onnx/<graph>.onnx, onnx/fp16/<graph>.onnx."""
-    return f"onnx/fp16/{graph}.onnx" if precision == "fp16" else f"onnx/{graph}.onnx"
+    """Path of a graph inside a model directory: onnx/<graph>.onnx, onnx/fp16/<graph>.onnx,
+    onnx/int8/decoder.onnx (the other graphs of the int8 precision are the float32 ones)."""
+    if precision == "fp16":
+        return f"onnx/fp16/{graph}.onnx"
+    if precision == "int8" and graph in INT8_GRAPHS:
+        return f"onnx/int8/{graph}.onnx"
+    return f"onnx/{graph}.onnx"
 
 
 class Engine(Protocol):
     config: ModelConfig
     backend: str  # "onnxruntime" or "torch"
-    providers: dict[str, str]  # graph -> the provider / device it really runs on
+    providers: dict[str, str]  # graph -> the provider / device it really runs on (those it has)
+    placement: str  # one line: runtime, where it runs, and why other providers were skipped
     learned_query: np.ndarray | None  # (D,) for the deterministic baseline, else None
-    precision: str  # "fp32", "fp16" or "bf16"
+    precision: str  # "fp32", "fp16", "int8" (onnxruntime) or "bf16" (torch)
 
     def backbone(self, pixels: np.ndarray) -> np.ndarray:
         """(B, 3, H, W) float32 pixel values 0..255 -> features y (B, N, C)."""
@@ -72,6 +85,9 @@ class Engine(Protocol):
     def head(self, y: np.ndarray) -> np.ndarray:
         """features (B, N, C) -> class logits on the patch grid (B, classes, h, w)."""
 
+    def depth(self, y: np.ndarray) -> np.ndarray:
+        """features (B, N, C) -> depth in metres on the patch grid (B, 1, h, w)."""
+
 
 def open_engine(
     model_dir: str | Path,
@@ -84,7 +100,7 @@ def open_engine(
 ) -> Engine:
     """An engine on a verified model directory.
 
-    onnxruntime: `providers` (default tensorrt, cuda, cpu), `strict`, `precision` fp32|fp16,
+    onnxruntime: `providers` (default tensorrt, cuda, cpu), `strict`, `precision` fp32|fp16|int8,
     `threads`. torch: `device` cpu|cuda[:i], `precision` fp32|fp16|bf16 (autocast), `threads`.
     """
     if backend == "onnxruntime":
@@ -92,6 +108,7 @@ def open_engine(
 
         return OrtEngine(model_dir, providers or DEFAULT_PROVIDERS, strict, precision, threads)
     if backend == "torch":
+        passive_openmp()
         import torch
 
         from .torch_engine import PRECISIONS, TorchEngine

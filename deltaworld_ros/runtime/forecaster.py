@@ -1,4 +1,5 @@
-"""The streaming Forecaster: camera frames in, K forecast semantic maps with confidences out.
+"""The streaming Forecaster: camera frames in, K forecast semantic maps with confidences out
+(and K forecast depth maps when the model has a depth head).
 
 Each stream (a camera, or one square crop of a wide camera) keeps the features of the last
 `context_length` kept frames and the delta tokens between them. At every kept frame the
@@ -7,6 +8,10 @@ frame of the window followed by the cached frame-to-frame deltas:
     [encode(black, y_{t-L+1}), encode(y_{t-L+1}, y_{t-L+2}), ..., encode(y_{t-1}, y_t)]
 at the frames' header times relative to the window (RoPE only sees differences).
 All streams and hypotheses go through each graph in one batched call.
+
+The anchor that the next frame will need (encode(black, the second-oldest frame) once the window
+is full) does not depend on that frame: `encode_ahead()` computes it after a forecast has been
+published, which takes its time off the latency of the next one.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from PIL import Image
 
 from .engine import Engine
 from .postprocess import bilinear_matrix, disagreement, kernel_density_confidence
+from .threads import limited_blas
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,7 @@ class ForecasterConfig:
     crop: str = "resize"  # "resize" the whole frame, or "square" crops of wide frames
     seed: int = 0
     keep_features: bool = False  # also return predicted features (for evaluation)
+    blas_threads: int | None = 1  # numpy's BLAS pool while forecasting (threads.py); None: as is
 
     def validate(self) -> None:
         checks = [
@@ -54,6 +61,7 @@ class ForecasterConfig:
             (self.max_gap > 1, "max_gap must be > 1 (frame intervals)"),
             (self.output_size is None or min(self.output_size) >= 1, "output_size must be >= 1"),
             (self.crop in ("resize", "square"), "crop must be 'resize' or 'square'"),
+            (self.blas_threads is None or self.blas_threads >= 1, "blas_threads must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -91,6 +99,8 @@ class Forecast:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage of the batch
     features: np.ndarray | None = None  # (K, T, N, C) with keep_features
     current_features: np.ndarray | None = None  # (N, C) with keep_features
+    depth: np.ndarray | None = None  # (K, T, h, w) float32 metres, rows as in classes
+    current_depth: np.ndarray | None = None  # (h, w) depth of the frame itself
 
 
 @dataclass
@@ -101,6 +111,7 @@ class _Window:
     features: deque = field(default_factory=deque)
     deltas: deque = field(default_factory=deque)
     anchor: np.ndarray | None = None  # encode(black, oldest frame); None when stale
+    next_anchor: np.ndarray | None = None  # encode(black, second-oldest), from encode_ahead
 
 
 @dataclass
@@ -125,6 +136,7 @@ class Forecaster:
         self.grid = model.grid
         self.output_size = tuple(config.output_size or (4 * self.grid[0], 4 * self.grid[1]))
         self.class_dtype = np.uint8 if model.head.num_classes <= 256 else np.uint16
+        self.has_depth = "depth" in engine.providers
         self.query_dim = model.predictor.hidden_size
         self.query_scale = model.backbone.initializer_range
         self.image_size = model.image_size
@@ -144,7 +156,31 @@ class Forecaster:
         """One batched step over the given frames; None where a frame was gated or the
         stream is still warming up. A malformed frame raises ValueError before any state
         changes."""
-        overrides = overrides or {}
+        with limited_blas(self.config.blas_threads):
+            return self._process(frames, overrides or {})
+
+    def encode_ahead(self) -> float:
+        """Encode now the anchors that the next kept frame of each full window will need;
+        seconds spent. Optional: without it the next `process` encodes them itself."""
+        windows = [
+            w
+            for camera in self._cameras.values()
+            for w in camera.windows
+            if len(w.features) == self.context_length >= 2 and w.next_anchor is None
+        ]
+        if not windows:
+            return 0.0
+        start = time.perf_counter()
+        with limited_blas(self.config.blas_threads):
+            black = np.repeat(self._black[None], len(windows), 0)
+            tokens = self.engine.encode(black, np.stack([w.features[1] for w in windows]))
+        for window, token in zip(windows, tokens[:, 0], strict=True):
+            window.next_anchor = token
+        return time.perf_counter() - start
+
+    def _process(
+        self, frames: Sequence[FrameInput], overrides: dict[str, StreamOverrides]
+    ) -> list[Forecast | None]:
         timings: Counter = Counter()
         start = time.perf_counter()
         crops = [self._crops(frame) for frame in frames]
@@ -271,7 +307,7 @@ class Forecaster:
                 window.stamps.popleft()
                 window.features.popleft()
                 window.deltas.popleft()
-                window.anchor = None
+                window.anchor, window.next_anchor = window.next_anchor, None
             if window.anchor is None:
                 xs.append(self._black)
                 ys.append(window.features[0])
@@ -326,15 +362,19 @@ class Forecaster:
             preds.append(x)
             tokens.append(z_hat[:, 0])
         feats = np.stack(preds, 1)  # (G*K, T, N, C)
-        logits = self._timed(
-            timings,
-            "head",
-            self.engine.head,
-            np.concatenate((feats.reshape(g * k * horizon, *feats.shape[2:]), current)),
+        futures_and_current = np.concatenate((feats.reshape(-1, *feats.shape[2:]), current))
+        logits = self._timed(timings, "head", self.engine.head, futures_and_current)
+        depth = (
+            self._timed(timings, "depth", self.engine.depth, futures_and_current)
+            if self.has_depth
+            else None
         )
         start = time.perf_counter()
-        maps = self._class_maps(logits)
+        maps = self._upsampled(logits).argmax(1).astype(self.class_dtype)
         future_maps = maps[: g * k * horizon].reshape(g, k, horizon, *self.output_size)
+        if depth is not None:
+            depth = self._upsampled(depth)[:, 0].astype(np.float32)  # (G*K*T + G, h, w)
+            future_depth = depth[: g * k * horizon].reshape(g, k, horizon, *self.output_size)
         tokens_g = np.stack(tokens, 1).reshape(g, k, horizon, -1)
         feats_g = feats.reshape(g, k, horizon, *feats.shape[2:])
         forecasts = []
@@ -356,6 +396,8 @@ class Forecaster:
                     reset=None,
                     features=feats_g[i][order] if self.config.keep_features else None,
                     current_features=current[i] if self.config.keep_features else None,
+                    depth=None if depth is None else future_depth[i][order],
+                    current_depth=None if depth is None else depth[g * k * horizon + i],
                 )
             )
         timings["post"] += time.perf_counter() - start
@@ -375,11 +417,11 @@ class Forecaster:
             return np.broadcast_to(self.engine.learned_query.astype(np.float32), shape)
         return (self.rng.standard_normal(shape) * self.query_scale).astype(np.float32)
 
-    def _class_maps(self, logits: np.ndarray) -> np.ndarray:
-        """Bilinear upsampling of the logits (as F.interpolate, align_corners=False) + argmax."""
+    def _upsampled(self, maps: np.ndarray) -> np.ndarray:
+        """(M, C, h, w) on the patch grid -> (M, C, *output_size), bilinear as F.interpolate
+        with align_corners=False."""
         rows, cols = self._upsample
-        up = np.einsum("oh,mchw,pw->mcop", rows, logits, cols, optimize=True)
-        return up.argmax(1).astype(self.class_dtype)
+        return np.einsum("oh,mchw,pw->mcop", rows, maps, cols, optimize=True)
 
     @staticmethod
     def _timed(
@@ -416,6 +458,7 @@ def stitch_crops(parts: list[Forecast]) -> Forecast:
         return np.concatenate(arrays, axis=-1)
 
     first = parts[0]
+    has_depth = first.depth is not None
     return Forecast(
         stream_id=first.stream_id,
         stamp=first.stamp,
@@ -428,4 +471,6 @@ def stitch_crops(parts: list[Forecast]) -> Forecast:
         order=order,
         history_length=min(p.history_length for p in parts),
         reset=None,
+        depth=side_by_side("depth") if has_depth else None,
+        current_depth=np.concatenate([p.current_depth for p in parts], -1) if has_depth else None,
     )

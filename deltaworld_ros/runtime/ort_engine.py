@@ -1,8 +1,10 @@
 """The ONNX Runtime backend of the Engine: one session per exported graph of a model dir.
 
-ONNX Runtime silently drops an execution provider that fails to initialise (missing CUDA
-libraries, no GPU) and runs on the CPU. This engine reads back what every session really got,
-logs it, and with `strict=True` refuses to run anywhere but where it was asked to.
+ONNX Runtime drops an execution provider that fails to initialise (missing CUDA libraries, no
+GPU) and runs on the CPU, loudly. This engine probes the providers quietly first
+(providers.py), logs one line with the provider chosen and why the others were skipped, reads
+back what every session really got, and with `strict=True` refuses to run anywhere but where it
+was asked to.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ import numpy as np
 import onnxruntime as ort
 from safetensors import safe_open
 
-from ..model.loading import weight_path
-from ..model.store import ModelDirError, read_manifest
-from .engine import GRAPHS, INPUTS, OUTPUTS, graph_file, graph_shapes
+from ..model.store import ModelDirError, read_manifest, weight_path
+from .engine import GRAPHS, INPUTS, OPTIONAL_GRAPHS, OUTPUTS, graph_file, graph_shapes
+from .providers import provider_problem
 
 log = logging.getLogger(__name__)
 
@@ -61,32 +63,35 @@ class OrtEngine:
         device_id: int = 0,
         max_batch: int = 64,
     ) -> None:
-        if precision not in ("fp32", "fp16"):
-            raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
+        if precision not in ("fp32", "fp16", "int8"):
+            raise ValueError(f"precision must be 'fp32', 'fp16' or 'int8', got {precision!r}")
         manifest = read_manifest(model_dir, verify=True)  # every file matches its sha256
         self.config = manifest.config
         self.precision = precision
         self.model_dir = manifest.directory
-        available = ort.get_available_providers()
         requested = [provider_name(p) for p in providers]
-        missing = [p for p in requested if p not in available]
-        if missing and strict:
+        self.skipped = {p: why for p in requested if (why := provider_problem(p)) is not None}
+        if self.skipped and strict:
             raise ProviderError(
-                f"execution provider(s) {missing} requested with strict=True are not available "
-                f"in onnxruntime {ort.__version__}; available: {available}"
+                "execution provider(s) requested with strict=True cannot run here: "
+                + "; ".join(f"{p}: {why}" for p, why in self.skipped.items())
+                + f" (onnxruntime {ort.__version__} lists {ort.get_available_providers()})"
             )
-        wanted = [p for p in requested if p in available] or ["CPUExecutionProvider"]
-        if missing:
-            log.warning("providers %s not available (have %s); using %s", missing, available,
-                        wanted)  # fmt: skip
+        wanted = [p for p in requested if p not in self.skipped] or ["CPUExecutionProvider"]
+        self.placement = f"onnxruntime {ort.__version__} on {wanted[0]}" + "".join(
+            f"; skipped {p}: {why}" for p, why in self.skipped.items()
+        )
+        log.info(self.placement)
         self.sessions: dict[str, ort.InferenceSession] = {}
         self.providers: dict[str, str] = {}
+        self.files: dict[str, str] = {}  # graph -> its file in the model dir
         for graph in GRAPHS:
             relative = graph_file(graph, precision)
             if not manifest.has(relative):
-                if graph == "head" and not self.config.head.num_classes:
+                headless = graph == "head" and not self.config.head.num_classes
+                if headless or graph in OPTIONAL_GRAPHS:
                     continue
-                hint = " --fp16" if precision == "fp16" else ""
+                hint = {"fp16": " --fp16", "int8": " --int8"}.get(precision, "")
                 raise ModelDirError(
                     f"{self.model_dir} has no {relative} in its manifest; export the graphs "
                     f"with `deltaworld export --model-dir {self.model_dir}{hint}`"
@@ -116,6 +121,7 @@ class OrtEngine:
                 wanted = [p for p in wanted if p in got]
             self.sessions[graph] = session
             self.providers[graph] = got[0]
+            self.files[graph] = relative
             log.info("%s: %s on %s (%s)", graph, relative, got[0], precision)
         self.learned_query = self._learned_query()
 
@@ -176,6 +182,9 @@ class OrtEngine:
     def head(self, y: np.ndarray) -> np.ndarray:
         return self._run("head", y)
 
+    def depth(self, y: np.ndarray) -> np.ndarray:
+        return self._run("depth", y)
+
 
 def session_options(threads: int | None) -> ort.SessionOptions:
     options = ort.SessionOptions()
@@ -183,7 +192,7 @@ def session_options(threads: int | None) -> ort.SessionOptions:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     if threads:
         options.intra_op_num_threads = threads
-    # Five sessions run one after another: a pool that spins after its graph would steal the
+    # The sessions run one after another: a pool that spins after its graph would steal the
     # cores the next graph needs (and a shared robot computer's).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options

@@ -47,10 +47,12 @@ class TorchEngine:
         self.device = device
         self.dtype = dtype
         self.precision = PRECISIONS[dtype]
-        self.providers = {g: f"torch:{device}" for g in GRAPHS}
+        graphs = [g for g in GRAPHS if g != "depth" or model.depth_head is not None]
+        self.providers = {g: f"torch:{device}" for g in graphs}
         q_embed = model.world.q_embed
         self.learned_query = None if q_embed is None else q_embed.weight[0].detach().cpu().numpy()
-        log.info("torch engine on %s, %s", device, self.precision)
+        self.placement = f"torch {torch.__version__} on {device}, {self.precision}"
+        log.info(self.placement)
 
     def _run(self, fn, *arrays: np.ndarray) -> np.ndarray:
         tensors = [torch.as_tensor(np.asarray(a, np.float32), device=self.device) for a in arrays]
@@ -80,3 +82,9 @@ class TorchEngine:
         if seg is None:
             raise RuntimeError(f"model {self.config.name!r} has no segmentation head")
         return self._run(lambda f: seg(f, self.config.grid), y)
+
+    def depth(self, y: np.ndarray) -> np.ndarray:
+        head = self.model.depth_head
+        if head is None:
+            raise RuntimeError(f"model {self.config.name!r} has no depth head")
+        return self._run(lambda f: head(f, self.config.grid), y)

@@ -5,7 +5,8 @@
     deltaworld train --video drive.mp4 --init-model models/default --out M   # (c)-(e) only
     python -m torch.distributed.run --nproc_per_node 2 -m deltaworld_ros.train.cli --out M
 
-Stages run in the order backbone, seg_head, tokenizer, world, baseline. A stage whose
+Stages run in the order backbone, seg_head, depth_head (where the data has depth: the synth
+world), tokenizer, world, baseline. A stage whose
 checkpoint in --work-dir is complete is loaded, not retrained, so re-running the same command
 after an interruption continues where it stopped.
 """
@@ -67,6 +68,7 @@ BASELINE_FILE = "weights/world_baseline.safetensors"
 DEFAULTS: dict[str, StageSettings] = {
     "backbone": StageSettings(steps=1000, batch_size=32, lr=1e-3),
     "seg_head": StageSettings(steps=600, batch_size=64, lr=2e-3, weight_decay=0.0),
+    "depth_head": StageSettings(steps=600, batch_size=64, lr=2e-3, weight_decay=0.0),
     "tokenizer": StageSettings(steps=2500, batch_size=16, lr=1e-3),
     "world": StageSettings(steps=1500, batch_size=32, lr=5e-4),
     "baseline": StageSettings(steps=1500, batch_size=32, lr=5e-4),
@@ -168,8 +170,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train = parser.add_argument_group("stages")
     train.add_argument(
         "--stages",
-        default=",".join(st.STAGES),
-        help=f"comma-separated subset of {','.join(st.STAGES)} (default all)",
+        help=f"comma-separated subset of {','.join(st.STAGES)} (default all; depth_head only "
+        "where the data has depth)",
     )
     train.add_argument("--steps", default="", help="'N' or 'stage=N,...' (default: tuned table)")
     train.add_argument("--batch-size", default="", help="'B' or 'stage=B,...'")
@@ -177,8 +179,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument(
         "--candidates",
         type=int,
-        default=64,
-        help="best-of-many noise candidates per target (paper: 256; default 64)",
+        default=128,
+        help="best-of-many noise candidates per target (paper: 256; default 128)",
     )
     train.add_argument(
         "--horizon",
@@ -284,7 +286,7 @@ def _baseline(cfg: ModelConfig) -> DeltaWorld:
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     dist = init_distributed()
-    requested = [s.strip() for s in args.stages.split(",") if s.strip()]
+    requested = [s.strip() for s in (args.stages or ",".join(st.STAGES)).split(",") if s.strip()]
     unknown = sorted(set(requested) - set(st.STAGES))
     if unknown:
         raise SystemExit(f"unknown stages {unknown}; choose from {', '.join(st.STAGES)}")
@@ -299,8 +301,9 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     model = WorldModel(cfg)
     baseline = _baseline(cfg)
-    for module in (model.backbone, model.tokenizer, model.world, baseline, model.seg_head):
+    for module in (model.backbone, model.world, baseline, model.seg_head):
         st.init_weights(module)
+    st.init_weights(model.tokenizer, std=None)  # the token must cross its layers from step 0
     if init_dir is not None:
         from ..model.store import load_model
 
@@ -312,6 +315,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = replace(cfg, frame_interval=store.frame_interval)
     model.cfg = cfg
     data_seconds = time.perf_counter() - t0
+    if args.stages is None and store.depth is None:
+        requested.remove(st.DEPTH_STAGE)
     if dist.main:
         print(
             f"data: {len(store.rgb)} frames in {len(store.clips)} clips of {store.clip_length} "
@@ -327,12 +332,19 @@ def run(args: argparse.Namespace) -> int:
     for name in st.STAGES:
         s = settings[name]
         has_ckpt = checkpoint_path(args.work_dir, name).is_file()
+        if name == st.DEPTH_STAGE and model.depth_head is None and (name in requested or has_ckpt):
+            cfg = st.add_depth_head(model)
         if name not in requested:
             if has_ckpt and read_checkpoint(checkpoint_path(args.work_dir, name))["step"] >= 1:
                 _load_finished(name, model, baseline, cfg, args.work_dir, store)
                 trained[name] = True
             continue
-        if name in ("seg_head", "tokenizer") and not trained["backbone"]:
+        if name == st.DEPTH_STAGE and store.depth is None:
+            raise SystemExit(
+                f"stage {name} needs depth, which the synth world renders and "
+                f"{store.source['kind']} data lacks; leave it out of --stages"
+            )
+        if name in ("seg_head", st.DEPTH_STAGE, "tokenizer") and not trained["backbone"]:
             raise SystemExit(
                 f"stage {name} needs a trained backbone: run the backbone stage "
                 f"or pass --init-model DIR"
@@ -437,10 +449,19 @@ def _stage(name, model, baseline, cfg, store, s, features, tokens, black, weight
             st.SegHeadStage(model.seg_head, cfg.grid, weights),
             st.feature_label_sampler(store, features, s.batch_size),
         )
-    if name == "tokenizer":
-        return st.TokenizerStage(model.tokenizer), st.pair_sampler(
-            store, features, black, s.batch_size
+    if name == st.DEPTH_STAGE:
+        return (
+            st.DepthHeadStage(model.depth_head, cfg.grid),
+            st.feature_depth_sampler(store, features, s.batch_size),
         )
+    if name == "tokenizer":
+        stage = st.TokenizerStage(
+            model.tokenizer,
+            change_weight=2.0,
+            encoder_warmup_steps=int(0.12 * s.steps),
+            token_bias_steps=int(0.28 * s.steps),
+        )
+        return stage, st.pair_sampler(store, features, black, s.batch_size)
     world = model.world if name == "world" else baseline
     return (
         st.WorldStage(world, args.candidates),
@@ -454,6 +475,7 @@ def _load_finished(name, model, baseline, cfg, work_dir, store) -> None:
     module = {
         "backbone": lambda: st.BackboneStage(model.backbone, cfg.head.num_classes, weights),
         "seg_head": lambda: st.SegHeadStage(model.seg_head, cfg.grid, weights),
+        st.DEPTH_STAGE: lambda: st.DepthHeadStage(model.depth_head, cfg.grid),
         "tokenizer": lambda: st.TokenizerStage(model.tokenizer),
         "world": lambda: st.WorldStage(model.world, 1),
         "baseline": lambda: st.WorldStage(baseline, 1),

@@ -25,6 +25,7 @@ from ..synth import CLASS_NAMES, PALETTE, StreetWorld, WorldConfig
 # World seeds of the training clips stay below this; evaluate-world draws its held-out
 # sequences from seeds at or above it (and their layouts are not in the training pool).
 HELD_OUT_SEED_BASE = 1_000_000_000
+CACHE_FORMAT = 2  # 2: with depth; a cache of another format is rendered again
 
 
 @dataclass
@@ -38,6 +39,7 @@ class FrameStore:
     frame_interval: float  # seconds between kept frames (nominal)
     labels: np.ndarray | None = None  # (F, H, W) uint8 class ids
     source: dict[str, Any] = field(default_factory=dict)  # provenance of the frames
+    depth: np.ndarray | None = None  # (F, H, W) float16 camera z-depth, metres (synth world)
 
     def __post_init__(self) -> None:
         f = len(self.rgb)
@@ -45,8 +47,10 @@ class FrameStore:
             raise ValueError(
                 f"rgb, stamps and prev differ in length: {f}, {len(self.stamps)}, {len(self.prev)}"
             )
-        if self.labels is not None and self.labels.shape != self.rgb.shape[:3]:
-            raise ValueError(f"labels {self.labels.shape} do not match frames {self.rgb.shape}")
+        for name in ("labels", "depth"):
+            array = getattr(self, name)
+            if array is not None and array.shape != self.rgb.shape[:3]:
+                raise ValueError(f"{name} {array.shape} do not match frames {self.rgb.shape}")
         if self.clips.ndim != 2 or len(self.clips) == 0:
             raise ValueError(
                 f"no clip of consecutive frames in {self.source or 'the data'} "
@@ -59,8 +63,9 @@ class FrameStore:
 
     def save(self, path: Path) -> None:
         arrays = dict(rgb=self.rgb, stamps=self.stamps, prev=self.prev, clips=self.clips)
-        if self.labels is not None:
-            arrays["labels"] = self.labels
+        for name in ("labels", "depth"):
+            if getattr(self, name) is not None:
+                arrays[name] = getattr(self, name)
         meta = json.dumps({"frame_interval": self.frame_interval, "source": self.source})
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp.npz")
@@ -80,6 +85,7 @@ class FrameStore:
                 meta["frame_interval"],
                 labels,
                 meta["source"],
+                data["depth"] if "depth" in data.files else None,
             )
 
 
@@ -155,6 +161,7 @@ def synth_store(
     h, w, t = spec.world.height, spec.world.width, spec.clip_length
     rgb = np.empty((len(mine), t, h, w, 3), np.uint8)
     labels = np.empty((len(mine), t, h, w), np.uint8)
+    depth = np.empty((len(mine), t, h, w), np.float16)  # 3 cm steps at 80 m: ample for a head
     stamps = np.empty((len(mine), t), np.float64)
     bar = tqdm(mine, desc=f"render clips r{rank}", disable=not progress, leave=False)
     for j, i in enumerate(bar):
@@ -170,6 +177,7 @@ def synth_store(
         )
         rgb[j] = np.stack([f.rgb for f in frames])
         labels[j] = np.stack([f.labels for f in frames])
+        depth[j] = np.stack([f.depth for f in frames])
         stamps[j] = [f.stamp_s for f in frames]
     m = len(mine)
     index = np.arange(m * t).reshape(m, t)
@@ -183,6 +191,7 @@ def synth_store(
         spec.frame_interval,
         labels.reshape(m * t, h, w),
         source,
+        depth.reshape(m * t, h, w),
     )
 
 
@@ -190,7 +199,8 @@ def cached_synth_store(
     spec: SynthData, cache_dir: Path, rank: int = 0, world_size: int = 1, progress: bool = True
 ) -> FrameStore:
     """synth_store, rendered once into `cache_dir` and reloaded from there afterwards."""
-    key = json.dumps([spec.describe(), rank, world_size], sort_keys=True, default=str)
+    key = json.dumps([spec.describe(), rank, world_size, CACHE_FORMAT], sort_keys=True,
+                     default=str)  # fmt: skip
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     path = Path(cache_dir) / f"synth-{digest}-r{rank}of{world_size}.npz"
     if path.is_file():

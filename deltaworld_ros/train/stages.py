@@ -1,9 +1,11 @@
-"""The five training stages of a model: what each one trains, on what batches, with which loss.
+"""The training stages of a model: what each one trains, on what batches, with which loss.
 
 (a) backbone   a small DINOv3 ViT learns the world's labels through a temporary linear head
                that predicts the classes of 2x2-pixel cells of each patch (so features keep
                sub-patch layout); then it is frozen and plays the vision foundation model.
 (b) seg_head   the published SegHead (BatchNorm + 1x1 conv) on the frozen features.
+(b') depth_head the published DepthHead (BatchNorm + 1x1 conv over 256 depth bins) on the
+               frozen features, L1 of log depth against the world's depth (synth data only).
 (c) tokenizer  DeltaTok on feature pairs (y_prev, y_cur) with random time strides (and some
                black -> frame anchor pairs), log-cosh loss, RoPE rescale augmentation.
 (d) world      DeltaWorld best-of-many on offline-tokenised clips (anchor + deltas) at their
@@ -14,37 +16,45 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..model.config import ModelConfig
 from ..model.deltatok import DeltaTok, log_cosh
 from ..model.deltaworld import DeltaWorld
 from ..model.dinov3 import DINOv3
-from ..model.heads import SegHead, to_grid
+from ..model.heads import DepthHead, SegHead, to_grid
 from ..model.probes import TokenProbe, partner_pairs, probe_tokens
 from ..model.world_model import WorldModel
 from .data import FrameStore
 
-STAGES = ("backbone", "seg_head", "tokenizer", "world", "baseline")
+STAGES = ("backbone", "seg_head", "depth_head", "tokenizer", "world", "baseline")
 LABEL_STAGES = ("backbone", "seg_head")
+DEPTH_STAGE = "depth_head"  # runs where the data has depth (the synth world)
 
 
-def init_weights(module: nn.Module, std: float = 0.02) -> None:
-    """ViT-style initialisation for training from scratch (truncated normal, zero bias)."""
+def init_weights(module: nn.Module, std: float | None = 0.02) -> None:
+    """ViT-style initialisation for training from scratch (truncated normal, zero bias).
+
+    std None scales each layer by its fan-in (1 / sqrt(fan_in)): at the small preset's width a
+    fixed 0.02 starts every residual branch near zero, and a signal that must cross several
+    of them (the delta token, from the encoder's input to the decoder's output) starts at ~0.
+    """
     for m in module.modules():
         if isinstance(m, nn.Linear | nn.Conv2d):
-            nn.init.trunc_normal_(m.weight, std=std)
+            fan_in = m.weight[0].numel()
+            nn.init.trunc_normal_(m.weight, std=fan_in**-0.5 if std is None else std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Embedding):
-            nn.init.trunc_normal_(m.weight, std=std)
+            nn.init.trunc_normal_(m.weight, std=0.02 if std is None else std)
     if isinstance(module, DINOv3):
         for p in (module.embeddings.cls_token, module.embeddings.register_tokens):
-            nn.init.trunc_normal_(p, std=std)
+            nn.init.trunc_normal_(p, std=0.02 if std is None else std)
 
 
 def class_weights(labels: np.ndarray, num_classes: int, power: float = 0.5) -> torch.Tensor:
@@ -97,14 +107,45 @@ class SegHeadStage(nn.Module):
         return loss, {"pixel_acc": (logits.argmax(1) == labels).float().mean()}
 
 
+class DepthHeadStage(nn.Module):
+    """The published DepthHead on frozen features: L1 of log depth between the prediction
+    (upsampled bilinearly) and the target clamped to the head's range, over pixels with depth."""
+
+    def __init__(self, head: DepthHead, grid: tuple[int, int]) -> None:
+        super().__init__()
+        self.head = head
+        self.grid = grid
+
+    def forward(self, features: torch.Tensor, depth: torch.Tensor):
+        pred = self.head(features, self.grid)  # (B, 1, h, w) metres
+        pred = F.interpolate(pred, size=depth.shape[-2:], mode="bilinear", align_corners=False)
+        valid = torch.isfinite(depth) & (depth > 0)
+        target = depth[valid].clamp(self.head.bins[0], self.head.bins[-1])
+        pred = pred[:, 0][valid]
+        loss = (pred.log() - target.log()).abs().mean()
+        return loss, {"abs_rel": ((pred - target).abs() / target).mean().detach()}
+
+
+def add_depth_head(model: WorldModel) -> ModelConfig:
+    """Give a model without one a freshly initialised DepthHead; its config says so."""
+    cfg = model.cfg
+    model.cfg = replace(cfg, head=replace(cfg.head, with_depth=True))
+    head = cfg.head
+    model.depth_head = DepthHead(cfg.token_size, head.depth_bins, head.min_depth, head.max_depth)
+    init_weights(model.depth_head)
+    return model.cfg
+
+
 class TokenizerStage(nn.Module):
     """DeltaTok reconstruction of y_cur from y_prev through one token, made to use the token.
 
-    Three things keep the decoder from learning a fixed map of y_prev that ignores the token:
+    What keeps the decoder from learning a fixed map of y_prev that ignores the token:
     - the loss is normalised per pair by that pair's own change (log-cosh of copying y_prev),
       so pairs with a small change (a static camera) count as much as a moving camera's;
     - a training-only head predicts the pair's change map (log of the per-patch squared
       change) from the token alone, which makes the token carry where the change is;
+    - a curriculum: the encoder and that head train alone first, then the decoder attends to
+      the token with an extra logit bias that fades out (see token_bias);
     - no RoPE rescale augmentation unless asked (it costs a small model its positions).
     Batches come as pairs of pairs of one stream (2i, 2i + 1), so token reliance (error with
     the other pair's token / own error) is logged on them at every step.
@@ -116,13 +157,11 @@ class TokenizerStage(nn.Module):
         change_weight: float = 0.5,
         rope_rescale: bool = False,
         token_bias_steps: int = 0,
-        spread_weight: float = 0.0,
         encoder_warmup_steps: int = 0,
     ) -> None:
         super().__init__()
         self.tokenizer = tokenizer
         self.change_weight = change_weight
-        self.spread_weight = spread_weight
         self.rope_rescale = rope_rescale
         # the decoder's attention bias towards the token: log(N) (the token weighs as much as
         # all patches together) at the start, linearly down to 0 after token_bias_steps
@@ -156,28 +195,18 @@ class TokenizerStage(nn.Module):
         change = (y_cur - y_prev).square().mean(-1)  # (B, N)
         target = torch.log1p(change / change.mean().clamp_min(1e-6))
         change_loss = F.mse_loss(self.change_head(z[:, 0]), target)
-        # the delta tokens of two pairs of one stream must differ (per dimension, std >= 0.5):
-        # without this the token collapses to a per-stream constant the decoder learns to ignore
-        both = delta[0::2] & delta[1::2]
-        d = (z[0::2, 0] - z[1::2, 0])[both]
-        spread = d.square().mean(0).div(2).add(1e-4).sqrt() if len(d) else z.new_ones(1)
-        spread_loss = F.relu(0.5 - spread).mean()
         decoding = float(int(self.steps_done) >= self.encoder_warmup_steps or not self.training)
-        loss = (
-            decoding * reconstruction
-            + self.change_weight * change_loss
-            + self.spread_weight * spread_loss
-        )
+        loss = decoding * reconstruction + self.change_weight * change_loss
         with torch.no_grad():
             own = (y_hat - y_cur).square().mean(dim=(-2, -1))
-            m = len(z) // 2 * 2
-            swapped_z = z[:m].view(m // 2, 2, 1, -1).flip(1).reshape(m, 1, -1)
-            swapped = (tok.decode(swapped_z, y_prev[:m], rescale, bias) - y_cur[:m]).square()
+            # reliance on the frame pairs of the batch whose partner is one too
+            both = (delta[0::2] & delta[1::2]).repeat_interleave(2)
+            swapped_z = z.view(-1, 2, 1, z.shape[-1]).flip(1).reshape(z.shape)[both]
+            swapped = tok.decode(swapped_z, y_prev[both], rescale, bias) - y_cur[both]
             metrics = {
                 "explained": 1 - own.mean() / (y_prev - y_cur).square().mean().clamp_min(1e-12),
-                "token_reliance": swapped.mean() / own[:m].mean().clamp_min(1e-12),
+                "token_reliance": swapped.square().mean() / own[both].mean().clamp_min(1e-12),
                 "change_loss": change_loss.detach(),
-                "token_spread": spread.mean(),
                 "token_bias": torch.tensor(bias),
             }
         if self.training:
@@ -301,6 +330,16 @@ def feature_label_sampler(store: FrameStore, features: torch.Tensor, batch_size:
     return sample
 
 
+def feature_depth_sampler(store: FrameStore, features: torch.Tensor, batch_size: int):
+    """Random frames' frozen features (B, N, C) and depth (B, H, W) float32 metres."""
+
+    def sample(generator: torch.Generator):
+        idx = _randint(generator, len(features), batch_size)
+        return features[idx], torch.from_numpy(store.depth[idx].astype(np.float32))
+
+    return sample
+
+
 def pair_sampler(
     store: FrameStore,
     features: torch.Tensor,
@@ -328,6 +367,7 @@ def pair_sampler(
         cur = features[torch.from_numpy(store.clips[clip, start + stride])]
         prev = features[torch.from_numpy(store.clips[clip, start])]
         kind = torch.rand(batch_size, generator=generator)
+        kind[:2] = 1.0  # one pair of frame pairs at least: the reliance metric is defined
         prev[kind < anchor_fraction] = black[0]
         identity = (kind >= anchor_fraction) & (kind < anchor_fraction + identity_fraction)
         prev[identity] = cur[identity]
