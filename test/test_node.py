@@ -24,7 +24,7 @@ from std_msgs.msg import Header, String
 from deltaworld_ros.io.images import encode_compressed, stamp_ns
 from deltaworld_ros.ros import packing
 from deltaworld_ros.ros.futures import decode_depth, decode_float_image, decode_futures, untile
-from deltaworld_ros.ros.harness import NodeProcess, Probe, write_params
+from deltaworld_ros.ros.harness import EXECUTABLE, NodeProcess, Probe, write_params
 from deltaworld_ros.ros.node import LAYOUT_QOS, OUTPUT_QOS, SENSOR_QOS
 
 pytestmark = pytest.mark.dds
@@ -51,12 +51,19 @@ def base_params(model_dir: Path, **overrides) -> dict:
 
 @contextmanager
 def forecast_node(
-    tmp_path: Path, domain: int, params: dict, config: Path | None = None
+    tmp_path: Path,
+    domain: int,
+    params: dict,
+    config: Path | None = None,
+    executable: str = EXECUTABLE,
 ) -> Iterator[tuple[NodeProcess, Probe]]:
     """The node (config file first, then `params`) and a probe; SIGINT must end it cleanly."""
     files = [config] if config else []
     files.append(write_params(tmp_path / "params.yaml", params))
-    with NodeProcess(files, domain, tmp_path / "node.log") as node, Probe(domain) as probe:
+    with (
+        NodeProcess(files, domain, tmp_path / "node.log", executable=executable) as node,
+        Probe(domain) as probe,
+    ):
         probe.subscribe(DiagnosticArray, "/diagnostics")
         yield node, probe
         assert node.running(), f"the node died:\n{node.log()}"

@@ -25,6 +25,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile
 
 EXECUTABLE = "forecast_node"
+MANAGED_EXECUTABLE = "managed_forecast_node"
 # Discovery on this machine only, unless the caller's environment says otherwise.
 LOCAL_DISCOVERY = {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
 
@@ -35,14 +36,14 @@ def domain_id(key: str) -> int:
     return 1 + zlib.crc32(f"{os.getpid()}:{key}".encode()) % 100
 
 
-def forecast_node_command() -> str:
+def forecast_node_command(executable: str = EXECUTABLE) -> str:
     """The installed console script beside this interpreter (pip install -e . puts it there)."""
-    path = shutil.which(EXECUTABLE, path=str(Path(sys.executable).parent)) or shutil.which(
-        EXECUTABLE
+    path = shutil.which(executable, path=str(Path(sys.executable).parent)) or shutil.which(
+        executable
     )
     if path is None:
         raise FileNotFoundError(
-            f"console script {EXECUTABLE!r} not found beside {sys.executable} or on PATH; "
+            f"console script {executable!r} not found beside {sys.executable} or on PATH; "
             "install the package (pip install -e .)"
         )
     return path
@@ -55,8 +56,9 @@ def write_params(path: Path, params: dict[str, Any]) -> Path:
 
 
 class NodeProcess:
-    """forecast_node --ros-args --params-file <files> [extra], in ROS domain `domain`; its output
-    goes to `log_path`. Killed on exit of the `with` block whatever happened."""
+    """forecast_node (or `executable`, e.g. MANAGED_EXECUTABLE) --ros-args --params-file <files>
+    [extra], in ROS domain `domain`; its output goes to `log_path`. Killed on exit of the `with`
+    block whatever happened."""
 
     def __init__(
         self,
@@ -64,8 +66,9 @@ class NodeProcess:
         domain: int,
         log_path: Path,
         extra_args: tuple[str, ...] = (),
+        executable: str = EXECUTABLE,
     ) -> None:
-        self.command = [forecast_node_command(), "--ros-args"]
+        self.command = [forecast_node_command(executable), "--ros-args"]
         for file in params_files:
             self.command += ["--params-file", str(file)]
         self.command += list(extra_args)
