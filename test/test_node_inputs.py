@@ -38,7 +38,7 @@ from deltaworld_ros.ros.fuzz import (
     png_bomb,
     png_declaring,
 )
-from deltaworld_ros.ros.harness import MANAGED_EXECUTABLE, NodeProcess, write_params
+from deltaworld_ros.ros.harness import EXECUTABLE, MANAGED_EXECUTABLE, NodeProcess, write_params
 from deltaworld_ros.ros.node import OUTPUT_QOS, WARN_EVERY_S
 
 pytestmark = pytest.mark.dds
@@ -110,11 +110,16 @@ def test_a_bomb_on_one_camera_costs_the_other_camera_nothing(tmp_path, domain, m
     assert "declares 9000x9000 = 81000000 pixels, more than the limit of 16777216" in log
 
 
-def test_good_frames_survive_undeserializable_neighbours(tmp_path, domain, model_dir):
+@pytest.mark.parametrize("executable", [EXECUTABLE, MANAGED_EXECUTABLE])
+def test_good_frames_survive_undeserializable_neighbours(tmp_path, domain, model_dir, executable):
     """Each good frame is followed at once by a sample that is not valid CDR (truncated, bad
-    encapsulation, random): the good frames are forecast, the bad ones counted."""
+    encapsulation, random): the good frames are forecast, the bad ones counted. The managed
+    node (autostart) takes the same input path."""
     rng = np.random.default_rng(2)
-    with forecast_node(tmp_path, domain, base_params(model_dir)) as (node, probe):
+    params = base_params(
+        model_dir, **({"autostart": True} if executable == MANAGED_EXECUTABLE else {})
+    )
+    with forecast_node(tmp_path, domain, params, executable=executable) as (node, probe):
         probe.subscribe(Image, "/deltaworld/futures", OUTPUT_QOS)
         camera = Camera(probe, "/image", "camera")
         stream(node, [camera], lambda: probe.received("/deltaworld/futures"), START_TIMEOUT)
@@ -182,42 +187,6 @@ def test_header_stamps_of_any_value_follow_one_rule(tmp_path, domain, model_dir)
     assert log_lines(log, "bad stamp (negative)") == 1  # rate-limited: two within 5 s
 
 
-def test_the_managed_node_takes_the_same_checked_input_path(tmp_path, domain, model_dir):
-    """managed_forecast_node (autostart) shares the plain node's input path: good frames
-    between samples that are not valid CDR and zero stamps are forecast, the bad ones counted
-    by cause."""
-    params = base_params(model_dir, autostart=True)
-    with forecast_node(tmp_path, domain, params, executable=MANAGED_EXECUTABLE) as (node, probe):
-        probe.subscribe(Image, "/deltaworld/futures", OUTPUT_QOS)
-        camera = Camera(probe, "/image", "camera")
-        stream(node, [camera], lambda: probe.received("/deltaworld/futures"), START_TIMEOUT)
-        forecast = 0
-        for _ in range(3):
-            msg = good_message("raw", SIZE, camera.stamp)
-            sent = camera.send(msg)
-            good = serialize_message(msg)
-            camera.publisher.publish(good[: len(good) // 2])
-            msg = good_message("raw", SIZE, camera.stamp)
-            msg.header.stamp.sec = msg.header.stamp.nanosec = 0
-            camera.publisher.publish(msg)
-            forecast += wait_forecast(node, probe, camera, "/deltaworld/futures", sent, 5)
-
-        def counted() -> bool:
-            values = camera_values(probe, "camera")
-            return (
-                int(values.get(UNDESERIALIZABLE, 0)) >= 3
-                and int(values.get("dropped: bad stamp (zero)", 0)) >= 3
-            )
-
-        probe.wait_for(counted, 5)
-        values = camera_values(probe, "camera")
-
-    assert forecast == 3, values
-    assert int(values[UNDESERIALIZABLE]) == 3
-    assert int(values["dropped: bad stamp (zero)"]) == 3
-    assert "dropped: inference error" not in values
-
-
 def test_a_frame_interval_the_camera_never_meets_is_warned_once(tmp_path, domain, model_dir):
     """frame_interval:=0.01 s with frames 0.1 s apart restarts the history at every frame: one
     WARN line with the numbers and the fix, and a WARN status on /diagnostics."""
@@ -252,31 +221,14 @@ def test_a_frame_interval_the_camera_never_meets_is_warned_once(tmp_path, domain
         (("-p", "cameras:=[]"), "cameras=[] is invalid"),
     ],
 )  # fmt: skip
+@pytest.mark.parametrize("executable", [EXECUTABLE, MANAGED_EXECUTABLE])
 def test_settings_that_cannot_work_stop_the_node_with_one_line(
-    tmp_path, domain, model_dir, args, expected
+    tmp_path, domain, model_dir, args, expected, executable
 ):
+    """The same for the plain and the managed node: the command line is checked before
+    rclpy.init, the values when the node declares them."""
     files = [write_params(tmp_path / "params.yaml", base_params(model_dir))]
-    with NodeProcess(files, domain, tmp_path / "node.log", args) as node:
-        code = node.wait(60)
-        log = node.log()
-    assert code == 2, log
-    assert expected in log, log
-    assert len(log.strip().splitlines()) == 1, log
-
-
-@pytest.mark.parametrize(
-    ("args", "expected"),
-    [
-        (("-p", "context_length:=1"), "context_length=1 is invalid"),
-        (("--params-file", "/nonexistent/params.yaml"),
-         "cannot read the params file /nonexistent/params.yaml"),
-    ],
-)  # fmt: skip
-def test_the_managed_node_refuses_the_same_settings(tmp_path, domain, model_dir, args, expected):
-    """The lifecycle node's parameters are checked as the plain node's: before rclpy.init for
-    the command line, at construction for the values."""
-    files = [write_params(tmp_path / "params.yaml", base_params(model_dir))]
-    with NodeProcess(files, domain, tmp_path / "node.log", args, MANAGED_EXECUTABLE) as node:
+    with NodeProcess(files, domain, tmp_path / "node.log", args, executable) as node:
         code = node.wait(60)
         log = node.log()
     assert code == 2, log
