@@ -66,7 +66,7 @@ BASELINE_FILE = "weights/world_baseline.safetensors"
 
 # Tuned for the default model (`small` preset) on a 2-core CPU; see the README, "Training".
 DEFAULTS: dict[str, StageSettings] = {
-    "backbone": StageSettings(steps=1000, batch_size=32, lr=1e-3),
+    "backbone": StageSettings(steps=1500, batch_size=32, lr=1e-3),
     "seg_head": StageSettings(steps=600, batch_size=64, lr=2e-3, weight_decay=0.0),
     "depth_head": StageSettings(steps=600, batch_size=64, lr=2e-3, weight_decay=0.0),
     "tokenizer": StageSettings(steps=2500, batch_size=16, lr=1e-3),
