@@ -46,6 +46,7 @@ def test_demo_scores_what_the_node_published(tmp_path: Path, capsys, monkeypatch
         assert {"copy_last", "copy_last_target", "most_confident"} <= set(step["miou"])
         assert metrics["class_maps"]["present_miou"] is not None
         assert metrics["tokens"]["pairs"] > 0
+        assert all(metrics["notes"]), metrics["notes"]  # a bag closed properly: no damage note
         text = (report / "report.md").read_text()
         assert "DeltaTok token probes" in text and "copy last (model's segmentation)" in text
         for name in ("report.md", "horizon.png", "confidence.png", "example_1.png"):

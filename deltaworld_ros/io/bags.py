@@ -273,8 +273,9 @@ def bag_messages(
     then ever further ahead (1 ns, 2 ns, 4 ns, ...) while the same place still fails."""
     damage = [] if damage is None else damage
     for storage in _storages(reader):
-        if isinstance(storage, _UnfinishedMcapReader) and storage.unfinished not in damage:
-            damage.append(storage.unfinished)
+        unfinished = isinstance(storage, _UnfinishedMcapReader) and storage.unfinished
+        if unfinished and unfinished not in damage:  # "" for a file that was closed properly
+            damage.append(unfinished)
     start: int | None = None
     last: int | None = None  # log time of the last message read
     failed_after: int | None | str = "never"  # `last` when the storage last failed
