@@ -146,7 +146,7 @@ class TokenizerStage(nn.Module):
       change) from the token alone, which makes the token carry where the change is;
     - a curriculum: the encoder and that head train alone first, then the decoder attends to
       the token with an extra logit bias that fades out (see token_bias);
-    - no RoPE rescale augmentation unless asked (it costs a small model its positions).
+    - no RoPE rescale augmentation (it costs a small model its positions).
     Batches come as pairs of pairs of one stream (2i, 2i + 1), so token reliance (error with
     the other pair's token / own error) is logged on them at every step.
     """
@@ -155,14 +155,12 @@ class TokenizerStage(nn.Module):
         self,
         tokenizer: DeltaTok,
         change_weight: float = 0.5,
-        rope_rescale: bool = False,
         token_bias_steps: int = 0,
         encoder_warmup_steps: int = 0,
     ) -> None:
         super().__init__()
         self.tokenizer = tokenizer
         self.change_weight = change_weight
-        self.rope_rescale = rope_rescale
         # the decoder's attention bias towards the token: log(N) (the token weighs as much as
         # all patches together) at the start, linearly down to 0 after token_bias_steps
         self.token_bias_steps = token_bias_steps
@@ -184,10 +182,9 @@ class TokenizerStage(nn.Module):
     def forward(self, y_prev: torch.Tensor, y_cur: torch.Tensor, delta: torch.Tensor):
         """delta (B,) bool: the pair is two frames of a stream (not an anchor nor identity)."""
         tok = self.tokenizer
-        rescale = tok.sample_rope_rescale() if self.rope_rescale else 1.0
         bias = self.token_bias()
-        z = tok.encode(y_prev, y_cur, rescale)
-        y_hat = tok.decode(z, y_prev, rescale, bias)
+        z = tok.encode(y_prev, y_cur)
+        y_hat = tok.decode(z, y_prev, token_bias=bias)
         error = log_cosh(y_hat - y_cur, dim=(-2, -1))  # (B,)
         copy = log_cosh(y_prev - y_cur, dim=(-2, -1)).detach()
         # identity pairs (no change) are weighed against the batch's typical change
@@ -202,7 +199,7 @@ class TokenizerStage(nn.Module):
             # reliance on the frame pairs of the batch whose partner is one too
             both = (delta[0::2] & delta[1::2]).repeat_interleave(2)
             swapped_z = z.view(-1, 2, 1, z.shape[-1]).flip(1).reshape(z.shape)[both]
-            swapped = tok.decode(swapped_z, y_prev[both], rescale, bias) - y_cur[both]
+            swapped = tok.decode(swapped_z, y_prev[both], token_bias=bias) - y_cur[both]
             metrics = {
                 "explained": 1 - own.mean() / (y_prev - y_cur).square().mean().clamp_min(1e-12),
                 "token_reliance": swapped.square().mean() / own[both].mean().clamp_min(1e-12),
