@@ -9,6 +9,7 @@ from sensor_msgs.msg import CompressedImage, Image
 
 from deltaworld_ros.ros.fuzz import good_message
 from deltaworld_ros.ros.inputs import NS, InputRejected, SpacingCheck, receive
+from deltaworld_ros.runtime.gate import GateSettings
 
 STAMP = 1000 * NS + 5
 
@@ -74,7 +75,7 @@ def test_unnormalised_nanoseconds_are_carried_into_the_seconds():
     ],
 )  # fmt: skip
 def test_a_spacing_that_makes_forecasting_unlikely_is_told_once(spacing, verdict):
-    check = SpacingCheck(frame_interval=0.1, gate_tolerance=0.25, max_gap=3.0)
+    check = SpacingCheck(GateSettings(frame_interval=0.1, tolerance=0.25, max_gap=3.0))
     told = [check.observe(STAMP + round(i * spacing * NS)) for i in range(60)]
     if verdict is None:
         assert told == [None] * 60 and check.text is None

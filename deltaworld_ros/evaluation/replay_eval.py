@@ -62,6 +62,8 @@ from deltaworld_ros.runtime.forecaster import (
     FrameInput,
     StreamOverrides,
 )
+from deltaworld_ros.runtime.gate import GATED, STAMP_BACKWARDS, GateSettings
+from deltaworld_ros.runtime.intake import WRONG_SIZE, CameraGate
 from deltaworld_ros.runtime.postprocess import disagreement
 
 BASELINES = ("most_confident", "best_of_k", "mean_of_k", "copy_last", "copy_last_target")
@@ -414,47 +416,13 @@ class FrameStats:
     undecodable: int = 0
     errors: Counter = field(default_factory=Counter)  # decode error -> count
     gated: int = 0
+    wrong_size: int = 0  # a lone frame of another size, dropped as the node drops it
     kept: int = 0
     restarts: Counter = field(default_factory=Counter)  # reason -> count
     read_s: list[float] = field(default_factory=list)  # bag read + decode, per message
 
 
-class Gate:
-    """The Forecaster's frame gate replayed on header stamps: which frames it keeps, one per
-    `interval_s` of header time, and where it restarts its history (a stamp going back, a gap
-    over `max_gap` intervals, a new resolution)."""
-
-    def __init__(self, interval_s: float, tolerance: float, max_gap: float) -> None:
-        self.interval_ns = interval_s * 1e9
-        self.tolerance = tolerance
-        self.max_gap = max_gap
-        self.last_seen: int | None = None
-        self.last_kept: int | None = None
-        self.shape: tuple[int, ...] | None = None
-
-    def admit(self, stamp: int, shape: tuple[int, ...] | None) -> tuple[bool, str | None]:
-        """(kept, restart reason or None) for the next frame."""
-        reason = None
-        if self.shape is not None and shape is not None and shape != self.shape:
-            reason = "resolution changed"
-        elif self.last_seen is not None and stamp < self.last_seen:
-            reason = "stamp went backwards"
-        elif (
-            self.last_kept is not None and stamp - self.last_kept > self.max_gap * self.interval_ns
-        ):
-            reason = "gap in stamps"
-        self.last_seen, self.shape = stamp, shape or self.shape
-        if (
-            reason is None
-            and self.last_kept is not None
-            and stamp - self.last_kept < (1 - self.tolerance) * self.interval_ns
-        ):
-            return False, None
-        self.last_kept = stamp
-        return True, reason
-
-
-def keep_frames(frames: Iterable[Any], gate: Gate, stats: FrameStats) -> Iterator[KeptFrame]:
+def keep_frames(frames: Iterable[Any], gate: CameraGate, stats: FrameStats) -> Iterator[KeptFrame]:
     """Decoded frames (io.bags.BagFrame) that `gate` keeps, numbered, with a new segment at
     every restart. Undecodable frames are counted in `stats` and skipped."""
     segment = index = 0
@@ -470,12 +438,14 @@ def keep_frames(frames: Iterable[Any], gate: Gate, stats: FrameStats) -> Iterato
             stats.undecodable += 1
             stats.errors[frame.error] += 1
             continue
-        kept, reason = gate.admit(frame.stamp_ns, frame.image.shape)
-        if reason is not None:
-            stats.restarts[reason] += 1
+        verdict = gate.admit(frame.stamp_ns / 1e9, frame.image.shape[:2])
+        if verdict.restart is not None:
+            stats.restarts[verdict.restart] += 1
             segment += 1
-        if not kept:
-            stats.gated += 1
+        if verdict.drop == WRONG_SIZE:
+            stats.wrong_size += 1
+        if not verdict.kept:
+            stats.gated += verdict.drop == GATED
             continue
         stats.kept += 1
         yield KeptFrame(
@@ -638,8 +608,10 @@ class Evaluator:
 
     def run(self) -> Evaluation:
         options = self.options
-        gating = self.forecaster.config if self.forecaster else ForecasterConfig()  # the node's
-        gate = Gate(self.interval_s, gating.gate_tolerance, gating.max_gap)
+        # the Forecaster's gate, or (forecasts read from a recording) the node's default one
+        gate = CameraGate(
+            self.forecaster.gate_settings if self.forecaster else GateSettings(self.interval_s)
+        )
         frames = read_images(options.bag, options.image_topic, damage=self.notes)
         kept = keep_frames(frames, gate, self.stats)
         total = self.total = message_count(options.bag, options.image_topic)
@@ -823,7 +795,7 @@ class Evaluator:
                 "were skipped and the scores cover the good frames"
             )
         for reason, count in stats.restarts.items():
-            extra = " (does the bag loop?)" if reason == "stamp went backwards" else ""
+            extra = " (does the bag loop?)" if reason == STAMP_BACKWARDS else ""
             notes.append(
                 f"{reason}{extra}: {count} time(s); the Forecaster restarted its history each "
                 "time and forecasts are scored only against frames of their own segment"
@@ -856,6 +828,7 @@ class Evaluator:
             "decode_errors": dict(stats.errors.most_common(5)),
             "kept": stats.kept,
             "gated": stats.gated,
+            "wrong_size": stats.wrong_size,
             "restarts": dict(stats.restarts),
         }
         if self.forecaster is not None:

@@ -25,6 +25,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from ..io.images import stamp_ns
+from ..runtime.gate import GateSettings
 
 NS = 1_000_000_000
 MAX_SEC = 2**31 - 1  # builtin_interfaces/Time.sec is an int32
@@ -121,11 +122,8 @@ class SpacingCheck:
     """One camera's header-stamp spacing against the forecaster's gate: says when the
     settings make forecasting unlikely, with the numbers and the fix."""
 
-    def __init__(self, frame_interval: float, gate_tolerance: float, max_gap: float) -> None:
-        self.frame_interval = frame_interval
-        self.keep_after = (1 - gate_tolerance) * frame_interval
-        self.restart_after = max_gap * frame_interval
-        self.max_gap = max_gap
+    def __init__(self, gate: GateSettings) -> None:
+        self.gate = gate
         self._stamps: deque[int] = deque(maxlen=SPACING_WINDOW + 1)
         self.text: str | None = None  # the problem that holds now, if any
         self._told: set[str] = set()  # kinds of problem logged already
@@ -144,7 +142,7 @@ class SpacingCheck:
         return self.text
 
     def _verdict(self, spacing: float) -> tuple[str | None, str | None]:
-        interval = self.frame_interval
+        interval, restart_after = self.gate.frame_interval, self.gate.restart_after
         window = f"median over the last {SPACING_WINDOW} frames"
         if spacing <= 0:
             return "still", (
@@ -152,13 +150,13 @@ class SpacingCheck:
                 "the first is gated or restarts the history; stamp each frame with its "
                 "capture time"
             )
-        if spacing > self.restart_after:
+        if spacing > restart_after:
             return "restart", (
                 f"frames are {spacing:.3g} s apart ({window}), more than the "
-                f"{self.restart_after:.3g} s gap (max_gap {self.max_gap:g} x frame_interval "
+                f"{restart_after:.3g} s gap (max_gap {self.gate.max_gap:g} x frame_interval "
                 f"{interval:g} s) that restarts the history: no frame is ever forecast; set "
                 f"frame_interval:={spacing:.3g} or send frames at least every "
-                f"{self.restart_after:.3g} s"
+                f"{restart_after:.3g} s"
             )
         if spacing > FAR_SPACING * interval:
             return "far", (

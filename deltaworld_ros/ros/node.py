@@ -40,6 +40,7 @@ from ..io.images import ImageDecodeError, decode_image_message
 from ..model.store import ModelDirError
 from ..runtime.engine import open_engine
 from ..runtime.forecaster import Forecast, Forecaster, FrameInput
+from ..runtime.intake import ADOPT_SIZE_AFTER, FrameSizes, LatestFrames
 from . import packing
 from .diagnostics import (
     DECODE_ERROR,
@@ -74,66 +75,9 @@ OUTPUT_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
 LAYOUT_QOS = QoSProfile(
     depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
 )
-ADOPT_SIZE_AFTER = 3  # consecutive frames of a new size before a camera is taken as resized
 WARN_EVERY_S = 5.0  # a repeated input problem is logged at most this often (all are counted)
 JOIN_TIMEOUT_S = 10.0
 SPIN_TIMEOUT_S = 0.5  # how often the main loop checks whether a managed node has finished
-
-
-class LatestFrames:
-    """One slot per camera holding its newest unprocessed message."""
-
-    def __init__(self) -> None:
-        self._slots: dict[str, Any] = {}
-        self._ready = threading.Condition()
-        self._closed = False
-
-    def put(self, camera: str, msg: Any) -> bool:
-        """Store msg; True when it replaced a message the worker never took."""
-        with self._ready:
-            replaced = camera in self._slots
-            self._slots[camera] = msg
-            self._ready.notify()
-        return replaced
-
-    def take(self) -> dict[str, Any] | None:
-        """Wait for at least one message and empty every slot; None once closed."""
-        with self._ready:
-            self._ready.wait_for(lambda: self._slots or self._closed)
-            if self._closed:
-                return None
-            slots, self._slots = self._slots, {}
-        return slots
-
-    def close(self) -> None:
-        with self._ready:
-            self._closed = True
-            self._ready.notify_all()
-
-
-class FrameSizes:
-    """Each camera's frame size: the first frame's. A frame of another size is dropped, unless
-    that size persists for ADOPT_SIZE_AFTER frames in a row (the camera was reconfigured)."""
-
-    def __init__(self) -> None:
-        self._size: dict[str, tuple[int, ...]] = {}
-        self._candidate: dict[str, tuple[tuple[int, ...], int]] = {}
-
-    def admit(self, camera: str, size: tuple[int, ...]) -> bool:
-        if self._size.setdefault(camera, size) == size:
-            self._candidate.pop(camera, None)
-            return True
-        seen, count = self._candidate.get(camera, (size, 0))
-        count = count + 1 if seen == size else 1
-        if count >= ADOPT_SIZE_AFTER:
-            self._size[camera] = size
-            del self._candidate[camera]
-            return True
-        self._candidate[camera] = (size, count)
-        return False
-
-    def expected(self, camera: str) -> tuple[int, ...]:
-        return self._size[camera]
 
 
 class Forecasting:
@@ -160,16 +104,10 @@ class Forecasting:
         self.forecaster = Forecaster(self.engine, settings.forecaster)
         model = self.engine.config
         self.palette = packing.palette_array(model.head.palette, model.head.num_classes)
-        self.stats = NodeStats([c.name for c in settings.cameras])
-        self.spacing = {
-            c.name: SpacingCheck(
-                self.forecaster.frame_interval,
-                settings.forecaster.gate_tolerance,
-                settings.forecaster.max_gap,
-            )
-            for c in settings.cameras
-        }
-        self.sizes = FrameSizes()
+        cameras = [c.name for c in settings.cameras]
+        self.stats = NodeStats(cameras)
+        self.spacing = {c: SpacingCheck(self.forecaster.gate_settings) for c in cameras}
+        self.sizes = {c: FrameSizes() for c in cameras}
         self.frames = LatestFrames()
         self.layouts: dict[str, dict[str, Any]] = {}
         self.warned: dict[str, float] = {}  # problem -> when it was last logged
@@ -303,7 +241,7 @@ class Forecasting:
         for camera, frame in batch.items():
             rgb = self.decode(camera, frame.msg)
             if rgb is not None:
-                frames.append(FrameInput(camera, frame.stamp_ns * 1e-9, rgb))
+                frames.append(FrameInput(camera, frame.stamp_ns / 1e9, rgb))
                 sources.append((frame.header, rgb))
         self.stats.record("node: convert", time.perf_counter() - start)
         if not frames:
@@ -324,8 +262,9 @@ class Forecasting:
         except ImageDecodeError as err:
             self.drop(camera, f"{DECODE_ERROR} ({err.cause})", str(err))
             return None
-        if not self.sizes.admit(camera, rgb.shape):
-            height, width = self.sizes.expected(camera)[:2]
+        sizes = self.sizes[camera]
+        if not sizes.admit(rgb.shape[:2]):
+            height, width = sizes.expected
             self.drop(
                 camera,
                 WRONG_SIZE,

@@ -40,7 +40,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 from tqdm import tqdm
 
-from deltaworld_ros.evaluation.replay_eval import STATS_TOPIC, Gate
+from deltaworld_ros.evaluation.replay_eval import STATS_TOPIC
 from deltaworld_ros.io.bags import (
     IMAGE_TYPES,
     TYPESTORE,
@@ -52,6 +52,8 @@ from deltaworld_ros.io.bags import (
 from deltaworld_ros.io.images import stamp_ns
 from deltaworld_ros.ros.futures import parse_layout
 from deltaworld_ros.runtime.forecaster import ForecasterConfig
+from deltaworld_ros.runtime.gate import GateSettings
+from deltaworld_ros.runtime.intake import CameraGate
 
 FUTURES = "/deltaworld/futures"
 DEFAULT_TOPICS = (
@@ -413,14 +415,13 @@ class _Pacer:
             stats.timeouts += 1
 
     def _admit(self, frame: _Frame) -> bool:
-        kept, restart = self.gate.admit(frame.stamp_ns, frame.shape)
-        self.segment_kept = (0 if restart else self.segment_kept) + kept
-        return kept and self.segment_kept >= self.warmup
+        verdict = self.gate.admit(frame.stamp_ns / 1e9, frame.shape)
+        self.segment_kept = (0 if verdict.starts else self.segment_kept) + verdict.kept
+        return verdict.kept and self.segment_kept >= self.warmup
 
     @staticmethod
-    def _new_gate(step: float) -> Gate:
-        defaults = ForecasterConfig()  # the node's gate tolerance and restart gap
-        return Gate(step, defaults.gate_tolerance, defaults.max_gap)
+    def _new_gate(step: float) -> CameraGate:
+        return CameraGate(GateSettings(step))  # the node's default tolerance and restart gap
 
     def _sync(self, wait: float = 0.0) -> bool | None:
         """Build the node's gate once its layout is known and run it over the frames sent so

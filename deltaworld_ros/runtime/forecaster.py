@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from .engine import Engine
+from .gate import MAX_GAP, TOLERANCE, FrameGate, GateSettings
 from .postprocess import bilinear_matrix, disagreement, kernel_density_confidence
 from .threads import limited_blas
 
@@ -36,8 +37,8 @@ class ForecasterConfig:
     context_length: int | None = None  # frames in the window; None: the model's
     min_context: int = 2  # frames needed before the first forecast after a (re)start
     frame_interval: float | None = None  # seconds between kept frames; None: the model's
-    gate_tolerance: float = 0.25  # keep a frame once (1 - tol) * frame_interval has passed
-    max_gap: float = 3.0  # a gap above max_gap * frame_interval restarts the history
+    gate_tolerance: float = TOLERANCE  # keep a frame once (1 - tol) * frame_interval passed
+    max_gap: float = MAX_GAP  # a gap above max_gap * frame_interval restarts the history
     output_size: tuple[int, int] | None = None  # class maps (h, w); None: 4x the patch grid
     crop: str = "resize"  # "resize" the whole frame, or "square" crops of wide frames
     seed: int = 0
@@ -116,8 +117,7 @@ class _Window:
 
 @dataclass
 class _Camera:
-    last_stamp: float | None = None  # last frame seen, kept or not
-    shape: tuple[int, ...] | None = None
+    gate: FrameGate
     pending_reset: str | None = None
     windows: list[_Window] = field(default_factory=list)  # one per crop
 
@@ -133,6 +133,9 @@ class Forecaster:
         self.config = config
         self.context_length = config.context_length or model.context_length
         self.frame_interval = config.frame_interval or model.frame_interval
+        self.gate_settings = GateSettings(
+            self.frame_interval, config.gate_tolerance, config.max_gap
+        )
         self.grid = model.grid
         self.output_size = tuple(config.output_size or (4 * self.grid[0], 4 * self.grid[1]))
         self.class_dtype = np.uint8 if model.head.num_classes <= 256 else np.uint16
@@ -250,37 +253,20 @@ class Forecaster:
         return [rgb[y0:y1, x0:x1] for x0, y0, x1, y1 in crop_boxes(rgb.shape[:2], self.config.crop)]
 
     def _admit(self, frame: FrameInput, num_crops: int) -> bool:
-        """Gate by header time; restart the history when the stamp goes back or jumps, or the
-        resolution changes."""
+        """Keep or gate the frame by the frame gate (gate.py); a fresh history where it starts
+        one."""
         stats = self.stats.setdefault(frame.stream_id, Counter())
-        camera = self._cameras.setdefault(frame.stream_id, _Camera())
+        camera = self._cameras.setdefault(frame.stream_id, _Camera(FrameGate(self.gate_settings)))
         stats["frames"] += 1
-        last_kept = (
-            camera.windows[0].stamps[-1] if camera.windows and camera.windows[0].stamps else None
-        )
-        reason = None
-        if camera.shape is not None and camera.shape != frame.rgb.shape:
-            reason = "resolution changed"
-        elif camera.last_stamp is not None and frame.stamp < camera.last_stamp:
-            reason = "stamp went backwards"
-        elif (
-            last_kept is not None
-            and frame.stamp - last_kept > self.config.max_gap * self.frame_interval
-        ):
-            reason = "gap in stamps"
-        camera.last_stamp, camera.shape = frame.stamp, frame.rgb.shape
-        if reason is not None or len(camera.windows) != num_crops:
-            if reason is not None:
-                stats[f"reset: {reason}"] += 1
-                camera.pending_reset = reason
-            camera.windows = [_Window() for _ in range(num_crops)]
-            return True
-        if (
-            last_kept is not None
-            and frame.stamp - last_kept < (1 - self.config.gate_tolerance) * self.frame_interval
-        ):
-            stats["gated"] += 1
+        verdict = camera.gate.admit(frame.stamp, frame.rgb.shape[:2])
+        if not verdict.kept:
+            stats[verdict.drop] += 1
             return False
+        if verdict.starts:
+            camera.windows = [_Window() for _ in range(num_crops)]
+        if verdict.restart is not None:
+            stats[f"reset: {verdict.restart}"] += 1
+            camera.pending_reset = verdict.restart
         return True
 
     def _pixels(self, rgb: np.ndarray) -> np.ndarray:

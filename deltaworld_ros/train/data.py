@@ -1,10 +1,10 @@
 """Training frames with header stamps (and labels), cut into clips at the model's frame interval.
 
 Three sources give the same `FrameStore`: the procedural street world (default), a rosbag2
-image topic (+ an optional label topic) and a video file. Frames are kept the way the
-streaming Forecaster keeps them (one every `frame_interval` seconds of header time, a stream
-restarts after a gap or a stamp going backwards), so the networks train on the frames, the
-stamps and the drops they will see at run time.
+image topic (+ an optional label topic) and a video file. A recording's frames are kept the
+way the node keeps them (runtime/gate.py: one every `frame_interval` seconds of header time; a
+history restarts after a gap, a stamp going backwards or a new resolution), so the networks
+train on the frames, the stamps and the drops they will see at run time.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..runtime.forecaster import ForecasterConfig
+from ..runtime.gate import GateSettings
+from ..runtime.intake import CameraGate
 from ..synth import CLASS_NAMES, PALETTE, StreetWorld, WorldConfig
 
 # World seeds of the training clips stay below this; evaluate-world draws its held-out
@@ -218,29 +219,14 @@ def synth_head_classes() -> tuple[tuple[str, ...], tuple[tuple[int, int, int], .
 
 
 def gate_frames(
-    stamps: np.ndarray,
-    frame_interval: float,
-    tolerance: float | None = None,
-    max_gap: float | None = None,
+    stamps: np.ndarray, sizes: list[tuple[int, ...]], frame_interval: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The Forecaster's frame gate, offline: (kept indices, stream start flag per kept frame).
-
-    A frame is kept once (1 - tolerance) * frame_interval has passed since the last kept one;
-    a stamp going backwards or a gap above max_gap * frame_interval starts a new stream.
-    """
-    defaults = ForecasterConfig()
-    tol = defaults.gate_tolerance if tolerance is None else tolerance
-    gap = defaults.max_gap if max_gap is None else max_gap
-    kept: list[int] = []
-    starts: list[bool] = []
-    last = None
-    for i, t in enumerate(stamps):
-        restart = last is None or t < last or t - last > gap * frame_interval
-        if restart or t - last >= (1 - tol) * frame_interval:
-            kept.append(i)
-            starts.append(restart)
-            last = t
-    return np.array(kept, np.int64), np.array(starts, bool)
+    """The node's frame gate (runtime/gate.py) and frame-size policy, offline, with the node's
+    default tolerance and restart gap: (kept indices, history start flag per kept frame)."""
+    gate = CameraGate(GateSettings(frame_interval))
+    verdicts = [gate.admit(float(t), size) for t, size in zip(stamps, sizes, strict=True)]
+    kept = [i for i, v in enumerate(verdicts) if v.kept]
+    return np.array(kept, np.int64), np.array([verdicts[i].starts for i in kept], bool)
 
 
 def estimate_interval(stamps: np.ndarray) -> float:
@@ -264,7 +250,7 @@ def stream_store(
     """Frames of one recorded stream -> gated, resized frames and clip windows (stride 1)."""
     stamps = np.asarray(stamps, np.float64)
     interval = frame_interval or estimate_interval(stamps)
-    kept, starts = gate_frames(stamps, interval)
+    kept, starts = gate_frames(stamps, [image.shape[:2] for image in rgb], interval)
     h, w = image_size
     out_rgb = np.stack([_resize(rgb[i], (h, w), Image.BILINEAR) for i in kept])
     out_labels = None
@@ -305,13 +291,13 @@ def bag_store(
     frame_interval: float | None = None,
     label_topic: str | None = None,
 ) -> FrameStore:
-    """A rosbag2 image topic (labels matched by header stamp from `label_topic`)."""
+    """A rosbag2 image topic in recording order, as the node receives it (labels matched by
+    header stamp from `label_topic`)."""
     from ..io.bags import read_images
 
     frames = [f for f in read_images(path, image_topic) if f.image is not None]
     if not frames:
         raise ValueError(f"no decodable image on {image_topic} in bag {path}")
-    frames.sort(key=lambda f: f.stamp_ns)
     labels = None
     if label_topic:
         by_stamp = {
@@ -326,7 +312,7 @@ def bag_store(
                 f"{label_topic} in {path}"
             )
         labels = [by_stamp[f.stamp_ns] for f in frames]
-    stamps = np.array([f.stamp_ns for f in frames], np.float64) * 1e-9
+    stamps = np.array([f.stamp_ns / 1e9 for f in frames], np.float64)
     source = {
         "kind": "rosbag2",
         "path": str(path),
