@@ -2,6 +2,8 @@
 
 A subcommand module exposes `add_arguments(parser)` and `run(args) -> int`. Modules are
 imported only when their subcommand runs, so `deltaworld synth` never pays for onnxruntime.
+Errors end a command with one line `deltaworld <command>: <message>`: exit code 2 for bad
+input (a UsageError, or a flag argparse refuses), 1 for any other DeltaworldError.
 """
 
 from __future__ import annotations
@@ -9,12 +11,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from types import ModuleType
+
+from .errors import DeltaworldError, UsageError
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("deltaworld_ros.synth.cli", "write the procedural street world as a rosbag2"),
     "train": ("deltaworld_ros.train.cli", "train the default model's stages"),
     "export": ("deltaworld_ros.export.cli", "export ONNX graphs + manifest into a model dir"),
-    "bench": ("deltaworld_ros.runtime.bench", "benchmark the streaming Forecaster"),
+    "bench": ("deltaworld_ros.tools.bench", "benchmark the streaming Forecaster"),
     "bench-compare": (
         "deltaworld_ros.runtime.compare",
         "the package vs the authors' code (and its own levers), side by side",
@@ -29,24 +34,44 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class CommandParser(argparse.ArgumentParser):
+    """An ArgumentParser whose refusals are UsageErrors (one line), not a usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deltaworld", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="deltaworld", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in SUBCOMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
+def run_command(prog: str, description: str, module: ModuleType, argv: list[str]) -> int:
+    """Parse `argv` with the module's arguments and run it; a DeltaworldError ends it with one
+    line `<prog>: <message>` and exit code 2 (UsageError) or 1."""
+    try:
+        parser = CommandParser(prog=prog, description=description)
+        module.add_arguments(parser)
+        return int(module.run(parser.parse_args(argv)) or 0)
+    except DeltaworldError as err:
+        print(f"{prog}: {err}".replace("\n", " "), file=sys.stderr)
+        return 2 if isinstance(err, UsageError) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    top = build_parser()
     if not argv or argv[0] not in SUBCOMMANDS:
-        top.parse_args(argv)  # prints usage / the error and exits
-    name, rest = argv[0], argv[1:]
-    module = importlib.import_module(SUBCOMMANDS[name][0])
-    parser = argparse.ArgumentParser(prog=f"deltaworld {name}", description=SUBCOMMANDS[name][1])
-    module.add_arguments(parser)
-    return int(module.run(parser.parse_args(rest)) or 0)
+        try:
+            build_parser().parse_args(argv)  # --help, or the refusal of an unknown command
+        except UsageError as err:
+            print(f"deltaworld: {err}", file=sys.stderr)
+            return 2
+    name = argv[0]
+    module, description = SUBCOMMANDS[name]
+    return run_command(f"deltaworld {name}", description, importlib.import_module(module), argv[1:])
 
 
 if __name__ == "__main__":

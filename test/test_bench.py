@@ -10,16 +10,9 @@ from conftest import FIXTURES
 
 from deltaworld_ros.cli import main
 from deltaworld_ros.model.config import vitb16
-from deltaworld_ros.runtime.bench import (
-    CountingEngine,
-    Records,
-    frame_flops,
-    graph_flops,
-    run_steps,
-    soak_report,
-    synthetic_streams,
-)
+from deltaworld_ros.runtime.bench import Records, run_steps, soak_report, synthetic_streams
 from deltaworld_ros.runtime.engine import GRAPHS
+from deltaworld_ros.runtime.flops import CountingEngine, frame_flops, graph_flops
 from deltaworld_ros.runtime.forecaster import Forecaster, ForecasterConfig
 from deltaworld_ros.runtime.torch_engine import TorchEngine
 
@@ -62,7 +55,8 @@ def test_soak_report_flags_growth():
 
 def test_bench_command_writes_its_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    argv = "bench --preset tiny --backend torch --frames 6 --streams 2 --warmup 4 --k 2 --t 2"
+    argv = "bench --preset tiny --backend torch --frames 6 --streams 2 --warmup 4"
+    argv += " --num-hypotheses 2 --horizon 2"
     argv = [*argv.split(), "--threads", "1", "--json", str(out)]
     assert main(argv) == 0
     result = json.loads(out.read_text())

@@ -107,8 +107,9 @@ def test_reading_goes_up_to_the_damage_and_on(damaged):
 def test_eval_reports_the_good_frames_and_what_was_lost(damaged, model_dir, tmp_path, capsys):
     bag, readable, note = damaged
     out = tmp_path / "report"
-    args = ["eval", "--bag", str(bag), "--image-topic", TOPIC, "--model", str(model_dir),
-            "--k", "2", "--t", "2", "--out", str(out), "--no-progress"]  # fmt: skip
+    args = ["eval", "--bag", str(bag), "--image-topic", TOPIC, "--model-dir", str(model_dir),
+            "--num-hypotheses", "2", "--horizon", "2", "--out", str(out),
+            "--no-progress"]  # fmt: skip
     assert deltaworld(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["frames"]["messages"] >= readable
@@ -182,8 +183,9 @@ def test_eval_drops_a_bomb_frame_and_reports_the_rest(model_dir, tmp_path, capsy
             else:
                 writer.write_compressed(TOPIC, stamp, moving_frame((96, 128), stamp))
     out = tmp_path / "report"
-    args = ["eval", "--bag", str(bag), "--image-topic", TOPIC, "--model", str(model_dir),
-            "--k", "2", "--t", "2", "--out", str(out), "--no-progress"]  # fmt: skip
+    args = ["eval", "--bag", str(bag), "--image-topic", TOPIC, "--model-dir", str(model_dir),
+            "--num-hypotheses", "2", "--horizon", "2", "--out", str(out),
+            "--no-progress"]  # fmt: skip
     assert deltaworld(args) == 0
     frames = json.loads((out / "metrics.json").read_text())["frames"]
     assert (frames["messages"], frames["undecodable"]) == (20, 2)

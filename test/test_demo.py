@@ -21,8 +21,15 @@ def test_demo_scores_what_the_node_published(tmp_path: Path, capsys, monkeypatch
     monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     model = make_tiny_model(tmp_path / "tiny")
     out = tmp_path / "demo"
-    args = ["demo", "--out", str(out), "--frames", "24", "--model", str(model)]
-    args += ["--backend", "torch", "--k", "3", "--domain-id", str(domain_id("test_demo"))]
+    args = ["demo", "--out", str(out), "--frames", "24", "--model-dir", str(model)]
+    args += [
+        "--backend",
+        "torch",
+        "--num-hypotheses",
+        "3",
+        "--domain-id",
+        str(domain_id("test_demo")),
+    ]
     assert main([*args, "--rate", "2", "--no-progress"]) == 0  # 2x the recorded rate
     printed = capsys.readouterr().out
     size = "x".join(map(str, read_manifest(model).config.image_size))

@@ -5,24 +5,32 @@ onnxruntime path on the embedded model without torch."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-import torch
 from conftest import assert_close
 
+from deltaworld_ros.errors import UsageError
 from deltaworld_ros.model.config import tiny
 from deltaworld_ros.model.store import ModelDirError
-from deltaworld_ros.runtime.engine import GRAPHS, INPUTS, open_engine
-from deltaworld_ros.runtime.ort_engine import _trt_profiles, provider_name
+from deltaworld_ros.runtime.engine import GRAPHS, INPUTS, EngineOptions, largest_batch, open_engine
+from deltaworld_ros.runtime.ort_engine import (
+    _trt_profiles,
+    provider_name,
+    provider_options,
+    requested_providers,
+)
 from deltaworld_ros.runtime.torch_engine import TorchEngine
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_reduced_precision_torch_engine_stays_near_the_fixture(tiny_model, fixture_arrays, dtype):
-    engine = TorchEngine(tiny_model, dtype=dtype)
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_torch_engine_stays_near_the_fixture(
+    tiny_model, fixture_arrays, precision
+):
+    engine = TorchEngine(tiny_model, EngineOptions(backend="torch", precision=precision))
     frames = fixture_arrays["inputs/frames_uint8"][0].astype(np.float32)
     y = engine.backbone(frames)
     assert y.dtype == np.float32
@@ -37,18 +45,30 @@ def test_provider_short_names():
     assert provider_name("cuda") == "CUDAExecutionProvider"
     assert provider_name("TensorRT") == "TensorrtExecutionProvider"
     assert provider_name("OpenVINOExecutionProvider") == "OpenVINOExecutionProvider"
-    with pytest.raises(ValueError, match="unknown execution provider 'gpu'"):
+    with pytest.raises(UsageError, match="unknown execution provider 'gpu'"):
         provider_name("gpu")
 
 
-def test_factory_errors(tmp_path):
-    with pytest.raises(ValueError, match="backend must be"):
-        open_engine(tmp_path, backend="tensorflow")
-    with pytest.raises(ValueError, match="torch precision must be one of"):
-        open_engine(tmp_path, backend="torch", precision="int8")
+@pytest.mark.parametrize(
+    ("options", "refusal"),
+    [
+        (EngineOptions(backend="tensorflow"), "backend must be one of onnxruntime, torch"),
+        (EngineOptions(backend="torch", precision="int8"), "precision 'int8' does not run on"),
+        (EngineOptions(precision="bf16"), "precision 'bf16' does not run on onnxruntime"),
+        (EngineOptions(device="gpu1"), "device must be cpu, cuda or cuda:<index>, got 'gpu1'"),
+        (EngineOptions(threads=0), "threads must be >= 1"),
+        (EngineOptions(strict_providers=True), "strict providers need the providers"),
+    ],
+)
+def test_engine_options_are_refused_by_name(tmp_path, options, refusal):
+    with pytest.raises(UsageError, match=re.escape(refusal)):
+        open_engine(tmp_path, options)
+
+
+def test_a_missing_model_is_refused_by_either_backend(tmp_path):
     for backend in ("onnxruntime", "torch"):
         with pytest.raises(ModelDirError, match="no manifest.json"):
-            open_engine(tmp_path, backend=backend)
+            open_engine(tmp_path, EngineOptions(backend=backend))
 
 
 def test_tensorrt_profiles_cover_batch_and_context():
@@ -64,14 +84,31 @@ def test_tensorrt_profiles_cover_batch_and_context():
         )
 
 
+def test_the_gpu_of_the_device_reaches_the_gpu_providers(tiny_model, tmp_path, monkeypatch):
+    """cuda:1 is GPU 1 for CUDA and TensorRT; TensorRT's profiles reach the largest batch of
+    K=8, T=3 on two streams (the heads see K x T forecasts + the present frame per stream)."""
+    monkeypatch.setenv("HOME", str(tmp_path))  # TensorRT's engine cache
+    options = EngineOptions(device="cuda:1", max_batch=largest_batch(8, 3, 2))
+    wanted = requested_providers(options)
+    assert wanted == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    built = {p: provider_options(p, options, tiny_model.cfg, "head") for p in wanted}
+    n, c = tiny_model.cfg.num_patches, tiny_model.cfg.token_size
+    assert built["CUDAExecutionProvider"] == {"device_id": 1}
+    assert built["TensorrtExecutionProvider"]["device_id"] == 1
+    assert built["TensorrtExecutionProvider"]["trt_profile_max_shapes"] == f"y:50x{n}x{c}"
+    assert built["CPUExecutionProvider"] == {}
+    default = provider_options("CUDAExecutionProvider", EngineOptions(), tiny_model.cfg, "head")
+    assert default == {"device_id": 0}
+
+
 def test_the_onnxruntime_engine_runs_forecasts_without_importing_torch():
     """torch costs about 200 MiB of resident memory that the onnxruntime path never needs."""
     script = (
         "import sys, numpy as np\n"
         "from deltaworld_ros.model.store import default_model_dir\n"
-        "from deltaworld_ros.runtime.engine import open_engine\n"
+        "from deltaworld_ros.runtime.engine import EngineOptions, open_engine\n"
         "from deltaworld_ros.runtime.forecaster import Forecaster, FrameInput\n"
-        "engine = open_engine(default_model_dir(), providers=['cpu'])\n"
+        "engine = open_engine(default_model_dir(), EngineOptions(device='cpu'))\n"
         "forecaster = Forecaster(engine)\n"
         "frame = np.zeros((60, 80, 3), np.uint8)\n"
         "done = [forecaster.process([FrameInput('cam', i * 0.2, frame)])[0] for i in range(3)]\n"

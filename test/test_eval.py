@@ -32,7 +32,7 @@ from deltaworld_ros.model.config import preset
 from deltaworld_ros.model.loading import save_weights
 from deltaworld_ros.model.store import write_manifest
 from deltaworld_ros.model.world_model import WorldModel
-from deltaworld_ros.runtime.engine import open_engine
+from deltaworld_ros.runtime.engine import EngineOptions, open_engine
 from deltaworld_ros.runtime.forecaster import (
     Forecaster,
     ForecasterConfig,
@@ -41,6 +41,7 @@ from deltaworld_ros.runtime.forecaster import (
 )
 
 IMAGE, LABELS = "/camera/image_raw", "/camera/labels"
+TORCH = EngineOptions(backend="torch")
 K, T = 3, 2
 
 
@@ -145,7 +146,7 @@ def test_spearman_ranks_ties_by_their_average():
 def direct_forecasts(model_dir: Path, bag: Path) -> tuple[list, list]:
     """The frames the Forecaster's own gate keeps, and its forecast at each, told the true
     stamps of the next kept frames."""
-    engine = open_engine(model_dir, backend="torch")
+    engine = open_engine(model_dir, TORCH)
     frames = [f for f in read_images(bag, IMAGE) if f.image is not None]
     probe = Forecaster(engine, ForecasterConfig(num_hypotheses=1, horizon=1))
     kept = []
@@ -207,7 +208,16 @@ def test_scores_equal_a_direct_forecaster_run(tiny_model_dir, labelled_bag, tmp_
     label_topic = LABELS if labelled else "none"
     out = tmp_path / "report"
     args = ["--bag", str(labelled_bag), "--image-topic", IMAGE, "--label-topic", label_topic]
-    args += ["--model", str(tiny_model_dir), "--k", str(K), "--t", str(T), "--out", str(out)]
+    args += [
+        "--model-dir",
+        str(tiny_model_dir),
+        "--num-hypotheses",
+        str(K),
+        "--horizon",
+        str(T),
+        "--out",
+        str(out),
+    ]
     assert run_eval(*args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["target"]["kind"] == ("labels" if labelled else "pseudo-labels")
@@ -249,10 +259,10 @@ def test_depth_futures_are_scored_against_a_depth_topic(tiny_model_dir, labelled
         IMAGE,
         label_topic=None,
         depth_topic="/camera/depth",
-        model=tiny_model_dir,
-        k=K,
-        t=T,
-        backend="torch",
+        model_dir=tiny_model_dir,
+        num_hypotheses=K,
+        horizon=T,
+        engine=TORCH,
         progress=False,
     )
     metrics = evaluate(options).metrics["depth"]
@@ -270,7 +280,9 @@ def test_depth_futures_are_scored_against_a_depth_topic(tiny_model_dir, labelled
 
 
 def test_the_label_topic_is_found_by_name(tiny_model_dir, labelled_bag):
-    options = EvalOptions(labelled_bag, IMAGE, model=tiny_model_dir, k=2, t=1, backend="torch")
+    options = EvalOptions(
+        labelled_bag, IMAGE, model_dir=tiny_model_dir, num_hypotheses=2, horizon=1, engine=TORCH
+    )
     evaluation = evaluate(EvalOptions(**{**options.__dict__, "progress": False}))
     assert evaluation.metrics["target"] == {"kind": "labels", "topic": LABELS}
     quality = evaluation.metrics["class_maps"]["rollout_confidence"]
@@ -285,8 +297,8 @@ def test_the_label_topic_is_found_by_name(tiny_model_dir, labelled_bag):
 def test_compressed_images_are_scored_against_labels(tiny_model_dir, tmp_path):
     bag = synth_bag(tmp_path / "compressed", 10, "--compressed", "--storage", "sqlite3")
     out = tmp_path / "report"
-    args = ["--bag", str(bag), "--image-topic", IMAGE, "--model", str(tiny_model_dir)]
-    assert run_eval(*args, "--k", "2", "--t", "2", "--out", str(out)) == 0
+    args = ["--bag", str(bag), "--image-topic", IMAGE, "--model-dir", str(tiny_model_dir)]
+    assert run_eval(*args, "--num-hypotheses", "2", "--horizon", "2", "--out", str(out)) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["target"]["kind"] == "labels"
     assert metrics["frames"]["undecodable"] == 0
@@ -304,8 +316,8 @@ def test_a_bag_from_a_video_is_scored_against_pseudo_labels(tiny_model_dir, tmp_
     bag = tmp_path / "video_bag"
     assert main(["bag-from-video", str(video), "--out", str(bag), "--start-time", "100"]) == 0
     out = tmp_path / "report"
-    args = ["--bag", str(bag), "--image-topic", IMAGE, "--model", str(tiny_model_dir)]
-    assert run_eval(*args, "--k", "2", "--t", "2", "--out", str(out)) == 0
+    args = ["--bag", str(bag), "--image-topic", IMAGE, "--model-dir", str(tiny_model_dir)]
+    assert run_eval(*args, "--num-hypotheses", "2", "--horizon", "2", "--out", str(out)) == 0
     printed = capsys.readouterr().out
     assert "PSEUDO-LABELS" in printed
     metrics = json.loads((out / "metrics.json").read_text())
@@ -354,8 +366,8 @@ def test_corrupt_and_oddly_encoded_frames_are_counted_and_the_rest_scored(
 ):
     bag = write_odd_bag(tmp_path / "odd")
     out = tmp_path / "report"
-    args = ["--bag", str(bag), "--image-topic", IMAGE, "--model", str(tiny_model_dir)]
-    assert run_eval(*args, "--k", "2", "--t", "1", "--out", str(out)) == 0
+    args = ["--bag", str(bag), "--image-topic", IMAGE, "--model-dir", str(tiny_model_dir)]
+    assert run_eval(*args, "--num-hypotheses", "2", "--horizon", "1", "--out", str(out)) == 0
     printed = capsys.readouterr().out
     assert "4 of 12 frame(s) could not be decoded" in printed
     metrics = json.loads((out / "metrics.json").read_text())
@@ -390,8 +402,8 @@ def looping_bag(source: Path, path: Path, laps: int = 2, labels: bool = False) -
 def test_a_looping_bag_restarts_the_history_and_is_still_scored(tiny_model_dir, tmp_path, capsys):
     bag = looping_bag(synth_bag(tmp_path / "once", 8), tmp_path / "loop", labels=True)
     out = tmp_path / "report"
-    args = ["--bag", str(bag), "--image-topic", IMAGE, "--model", str(tiny_model_dir)]
-    assert run_eval(*args, "--k", "2", "--t", "2", "--out", str(out)) == 0
+    args = ["--bag", str(bag), "--image-topic", IMAGE, "--model-dir", str(tiny_model_dir)]
+    assert run_eval(*args, "--num-hypotheses", "2", "--horizon", "2", "--out", str(out)) == 0
     assert "stamp went backwards (does the bag loop?): 1 time(s)" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["target"] == {"kind": "labels", "topic": LABELS}  # each lap its own labels
@@ -428,7 +440,7 @@ def test_nothing_decodable_exits_non_zero_with_a_report(tiny_model_dir, tmp_path
             )
             writer.write_raw_message(IMAGE, "sensor_msgs/msg/CompressedImage", msg, 1 + i)
     out = tmp_path / "report"
-    args = ["--bag", str(bag), "--image-topic", IMAGE, "--model", str(tiny_model_dir)]
+    args = ["--bag", str(bag), "--image-topic", IMAGE, "--model-dir", str(tiny_model_dir)]
     assert run_eval(*args, "--out", str(out)) == 1
     captured = capsys.readouterr()
     assert "3 of 3 frame(s) could not be decoded" in captured.out
@@ -441,7 +453,9 @@ def test_token_probes_of_a_tokenizer_that_ignores_its_token(labelled_bag, tmp_pa
     model = ignore_the_token(WorldModel(preset("tiny")).eval())
     save_weights(model, tmp_path)
     write_manifest(tmp_path, model.cfg, {"source": "tiny, DeltaTok decoder = identity (test)"})
-    options = EvalOptions(labelled_bag, IMAGE, model=tmp_path, k=2, t=1, backend="torch")
+    options = EvalOptions(
+        labelled_bag, IMAGE, model_dir=tmp_path, num_hypotheses=2, horizon=1, engine=TORCH
+    )
     evaluation = evaluate(EvalOptions(**{**options.__dict__, "progress": False}))
     metrics = evaluation.metrics
     tokens = metrics["tokens"]

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 from test_eval import ignore_the_token
 
+from deltaworld_ros.errors import UsageError
 from deltaworld_ros.evaluation import world as evaluate_world
 from deltaworld_ros.evaluation import world_results
 from deltaworld_ros.model.config import HeadConfig, tiny
@@ -60,7 +61,7 @@ def evaluate(tmp_path, model_dir, *extra: str) -> int:
     evaluate_world.add_arguments(parser)
     args = parser.parse_args(
         [
-            "--model",
+            "--model-dir",
             str(model_dir),
             "--out",
             str(tmp_path),
@@ -68,7 +69,7 @@ def evaluate(tmp_path, model_dir, *extra: str) -> int:
             "2",
             "--frames",
             "10",
-            "--k",
+            "--num-hypotheses",
             "3",
             "--threads",
             "1",
@@ -197,7 +198,7 @@ def test_a_target_passes_only_when_every_seed_set_meets_it():
 
 
 def test_evaluate_world_refuses_training_seeds(tiny_model_dir, tmp_path):
-    with pytest.raises(SystemExit, match="training"):
+    with pytest.raises(UsageError, match="training"):
         evaluate(tmp_path, tiny_model_dir, "--seed", "3")
 
 

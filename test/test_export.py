@@ -7,6 +7,7 @@ Tolerances: float32 graphs 1e-4 * max(1, max|ref|) (the fixtures'); the float16 
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -19,14 +20,22 @@ import pytest
 import torch
 from conftest import assert_close
 
+from deltaworld_ros.errors import UsageError
 from deltaworld_ros.export.check import ParityError, check_graph
 from deltaworld_ros.export.exporter import export_model
 from deltaworld_ros.model.config import tiny
 from deltaworld_ros.model.loading import save_weights
 from deltaworld_ros.model.store import ModelDirError, read_manifest, write_manifest
 from deltaworld_ros.model.world_model import WorldModel
-from deltaworld_ros.runtime.engine import CONTEXT_INPUTS, GRAPHS, graph_file, open_engine
+from deltaworld_ros.runtime.engine import (
+    CONTEXT_INPUTS,
+    GRAPHS,
+    EngineOptions,
+    graph_file,
+    open_engine,
+)
 from deltaworld_ros.runtime.ort_engine import OrtEngine, ProviderError
+from deltaworld_ros.runtime.providers import provider_problem
 from deltaworld_ros.runtime.torch_engine import TorchEngine
 
 B, T, K, N, C = 2, 5, 3, 16, 64
@@ -47,7 +56,8 @@ def engine(request, model_dir):
     if request.param == "torch":
         return TorchEngine(model_dir)
     precision = "fp16" if request.param.endswith("fp16") else "fp32"
-    return OrtEngine(model_dir, providers=("cpu",), strict=True, precision=precision)
+    options = EngineOptions(providers=("cpu",), strict_providers=True, precision=precision)
+    return OrtEngine(model_dir, options)
 
 
 def close(engine, got, ref, name):
@@ -135,13 +145,16 @@ def test_engines_report_where_they_run(engine):
 
 def test_strict_refuses_a_provider_that_is_not_there(model_dir):
     with pytest.raises(ProviderError, match="CoreMLExecutionProvider: not in this onnxruntime"):
-        OrtEngine(model_dir, providers=("CoreMLExecutionProvider",), strict=True)
+        OrtEngine(
+            model_dir,
+            EngineOptions(providers=("CoreMLExecutionProvider",), strict_providers=True),
+        )
 
 
 def test_strict_never_falls_back_to_the_cpu(model_dir):
     """Here CUDA is either absent, listed but failing (no GPU), or really there."""
     try:
-        engine = OrtEngine(model_dir, providers=("cuda",), strict=True)
+        engine = OrtEngine(model_dir, EngineOptions(providers=("cuda",), strict_providers=True))
     except ProviderError as err:
         assert "CUDAExecutionProvider" in str(err)
     else:
@@ -150,15 +163,35 @@ def test_strict_never_falls_back_to_the_cpu(model_dir):
 
 def test_without_strict_an_unavailable_provider_falls_back_and_says_so(model_dir, caplog):
     caplog.set_level(logging.INFO, "deltaworld_ros")
-    engine = OrtEngine(model_dir, providers=("CoreMLExecutionProvider", "cpu"))
+    engine = OrtEngine(model_dir, EngineOptions(providers=("CoreMLExecutionProvider", "cpu")))
     assert set(engine.providers.values()) == {"CPUExecutionProvider"}
     assert engine.placement in caplog.text
     assert engine.placement.startswith(f"onnxruntime {ort.__version__} on CPUExecutionProvider")
     assert "; skipped CoreMLExecutionProvider: not in this onnxruntime build" in engine.placement
 
 
+def test_a_gpu_that_is_not_there_is_refused_by_name(model_dir):
+    """Here the CUDA provider is not in the build; on a machine with one GPU, GPU 1 is not there."""
+    options = EngineOptions(device="cuda:1", providers=("cuda",), strict_providers=True)
+    why = provider_problem("CUDAExecutionProvider", 1)
+    if why is None:  # a machine with two GPUs
+        assert set(OrtEngine(model_dir, options).providers.values()) == {"CUDAExecutionProvider"}
+        return
+    with pytest.raises(ProviderError, match=re.escape(f"CUDAExecutionProvider: {why}")):
+        OrtEngine(model_dir, options)
+
+
+def test_device_cpu_runs_on_the_cpu_alone_and_refuses_gpu_providers(model_dir):
+    engine = OrtEngine(model_dir, EngineOptions(device="cpu"))
+    assert set(engine.providers.values()) == {"CPUExecutionProvider"}
+    assert engine.skipped == {}  # TensorRT and CUDA were not even tried
+    with pytest.raises(UsageError, match=r"device cpu but providers \['CUDAExecutionProvider'\]"):
+        OrtEngine(model_dir, EngineOptions(device="cpu", providers=("cuda", "cpu")))
+
+
 QUIET_START = """
 import logging, sys
+from deltaworld_ros.runtime.engine import EngineOptions
 from deltaworld_ros.runtime.ort_engine import OrtEngine, ProviderError
 from deltaworld_ros.runtime.providers import provider_problem
 logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -166,7 +199,7 @@ engine = OrtEngine(sys.argv[1])  # the default: tensorrt, cuda, cpu
 for gpu in ("TensorrtExecutionProvider", "CUDAExecutionProvider"):
     print("PROBLEM", gpu, provider_problem(gpu))
 try:
-    OrtEngine(sys.argv[1], providers=("cuda",), strict=True)
+    OrtEngine(sys.argv[1], EngineOptions(providers=("cuda",), strict_providers=True))
 except ProviderError as err:
     print("STRICT", err)
 """
@@ -205,18 +238,18 @@ def test_a_tampered_graph_is_refused_before_any_session(model_dir, tmp_path, mon
     created = []
     monkeypatch.setattr(ort, "InferenceSession", lambda *a, **k: created.append(a))
     with pytest.raises(ModelDirError, match="decoder.onnx does not match"):
-        OrtEngine(copy, providers=("cpu",))
+        OrtEngine(copy, EngineOptions(providers=("cpu",)))
     assert not created
     (copy / graph_file("decoder")).unlink()
     with pytest.raises(ModelDirError, match="decoder.onnx is listed in manifest.json but missing"):
-        open_engine(copy, providers=("cpu",))
+        open_engine(copy, EngineOptions(providers=("cpu",)))
 
 
 def test_a_model_dir_without_graphs_says_how_to_export(tiny_model, tmp_path):
     save_weights(tiny_model, tmp_path)
     write_manifest(tmp_path, tiny_model.cfg, {})
     with pytest.raises(ModelDirError, match="deltaworld export --model-dir"):
-        OrtEngine(tmp_path, providers=("cpu",))
+        OrtEngine(tmp_path, EngineOptions(providers=("cpu",)))
 
 
 def test_the_deterministic_baseline_exposes_its_learned_query(model_dir, tiny_model, tmp_path):
@@ -229,7 +262,7 @@ def test_the_deterministic_baseline_exposes_its_learned_query(model_dir, tiny_mo
     write_manifest(tmp_path, baseline.cfg, {})
     expected = baseline.world.q_embed.weight[0].detach().numpy()
     for backend in ("onnxruntime", "torch"):
-        engine = open_engine(tmp_path, backend=backend, providers=("cpu",))
+        engine = open_engine(tmp_path, EngineOptions(backend=backend, device="cpu"))
         np.testing.assert_array_equal(engine.learned_query, expected)
 
 

@@ -12,7 +12,8 @@ from deltaworld_ros.cli import main
 def test_the_device_step_matches_the_forecaster_and_reports_every_figure(tmp_path, capsys):
     out = tmp_path / "gpu.json"
     argv = ["bench-gpu", "--device", "cpu", "--preset", "tiny", "--image-size", "64x64",
-            "--k", "3", "--t", "2", "--precision", "bf16", "--modes", "eager,graph",
+            "--num-hypotheses", "3", "--horizon", "2", "--precision", "bf16",
+            "--modes", "eager,graph",
             "--steps", "2", "--warmup", "1", "--check", "--cameras", "2", "--rate", "20",
             "--seconds", "0.2", "--paced-mode", "eager", "--json", str(out)]  # fmt: skip
     assert main(argv) == 0

@@ -12,7 +12,7 @@ import pytest
 from deltaworld_ros.export import int8
 from deltaworld_ros.export.int8 import AGREEMENT_BOUND, AccuracyError, add_int8
 from deltaworld_ros.model.store import ModelDirError, default_model_dir, read_manifest
-from deltaworld_ros.runtime.engine import graph_file
+from deltaworld_ros.runtime.engine import EngineOptions, graph_file
 from deltaworld_ros.runtime.ort_engine import OrtEngine
 
 
@@ -35,7 +35,8 @@ def test_the_int8_decoder_keeps_forecasts_within_the_bound(quantized):
     assert recorded["forecast_class_pixels"] == agreement.class_pixels
     graph = onnx.load(str(directory / graph_file("decoder", "int8"))).graph
     assert "MatMulInteger" in {n.op_type for n in graph.node}
-    engine = OrtEngine(directory, ("cpu",), strict=True, precision="int8")
+    options = EngineOptions(providers=("cpu",), strict_providers=True, precision="int8")
+    engine = OrtEngine(directory, options)
     assert engine.files["decoder"] == "onnx/int8/decoder.onnx"
     assert engine.files["encoder"] == "onnx/encoder.onnx"
 
@@ -50,4 +51,4 @@ def test_a_quantization_outside_the_bound_is_not_kept(quantized, tmp_path, monke
     assert not manifest.has(graph_file("decoder", "int8"))
     assert not (copy / "onnx" / "int8").exists()
     with pytest.raises(ModelDirError, match="--int8"):
-        OrtEngine(copy, ("cpu",), precision="int8")
+        OrtEngine(copy, EngineOptions(providers=("cpu",), precision="int8"))

@@ -15,11 +15,14 @@ from deltaworld_ros.ros.harness import domain_id, write_params
 from deltaworld_ros.ros.params import (
     CAMERA_SPECS,
     SPECS,
+    SQUARE_CROPS,
     ParameterError,
     check_arguments,
     declare_and_read,
+    engine_parameters,
     undeclared_overrides,
 )
+from deltaworld_ros.runtime.engine import EngineOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +54,7 @@ def test_one_camera_reads_image_and_publishes_under_deltaworld(read, tmp_path):
     (camera,) = settings.cameras
     assert (camera.name, camera.topic, camera.transport) == ("camera", "image", "raw")
     assert camera.namespace == "deltaworld"
-    assert settings.model_dir == tmp_path and settings.providers is None
+    assert settings.model_dir == tmp_path and settings.engine.providers is None
     forecaster = settings.forecaster
     assert (forecaster.num_hypotheses, forecaster.horizon) == (8, 3)
     assert forecaster.frame_interval is None and forecaster.output_size is None  # the model's
@@ -73,6 +76,29 @@ def test_several_cameras_get_a_namespace_and_a_topic_each(read, tmp_path):
     assert (front.topic, front.namespace) == ("/car/front/image_raw", "deltaworld/front")
     assert (rear.topic, rear.transport) == ("rear/image/compressed", "compressed")
     assert rear.namespace == "deltaworld/rear"
+
+
+def test_the_engine_parameters_reach_the_engine_options_whole(read, tmp_path):
+    """cuda:1 with onnxruntime is GPU 1 of its providers; the TensorRT batch cap follows K x T
+    over the streams (two cameras, each cut in up to SQUARE_CROPS square crops)."""
+    params = {"model_dir": str(tmp_path), "device": "cuda:1", "providers": ["cuda", "cpu"],
+              "precision": "fp16", "threads": 3, "num_hypotheses": 16, "horizon": 4,
+              "cameras": ["front", "rear"], "crop": "square"}  # fmt: skip
+    settings, _ = read(params)
+    assert settings.engine == EngineOptions(
+        backend="onnxruntime", device="cuda:1", precision="fp16", threads=3,
+        providers=("cuda", "cpu"), strict_providers=False,
+        max_batch=2 * SQUARE_CROPS * (16 * 4 + 1),
+    )  # fmt: skip
+    assert settings.engine.device_index == 1
+    assert engine_parameters(settings.engine) == {
+        key: params[key] for key in ("device", "providers", "precision", "threads")
+    } | {"backend": "onnxruntime", "strict_providers": False}
+
+
+def test_device_cpu_with_gpu_providers_is_refused(read, tmp_path):
+    with pytest.raises(ParameterError, match=r"providers=\['cuda'\] is invalid.*device cpu but"):
+        read({"model_dir": str(tmp_path), "device": "cpu", "providers": ["cuda"]})
 
 
 @pytest.mark.parametrize("config", ["default.yaml", "robot.yaml", "vehicle.yaml"])

@@ -13,7 +13,7 @@ from test_eval import make_tiny_model
 
 from deltaworld_ros.evaluation.replay_eval import EvalOptions, FrameStats, evaluate, keep_frames
 from deltaworld_ros.io.bags import IMAGE, TYPESTORE, ImageBagWriter, make_header, read_images
-from deltaworld_ros.runtime.engine import open_engine
+from deltaworld_ros.runtime.engine import EngineOptions, open_engine
 from deltaworld_ros.runtime.forecaster import Forecaster, ForecasterConfig, FrameInput
 from deltaworld_ros.runtime.gate import GAP, RESOLUTION_CHANGED, STAMP_BACKWARDS
 from deltaworld_ros.runtime.intake import CameraGate, FrameSizes
@@ -66,7 +66,7 @@ def starts(stamps: list[float], restarts: list[bool]) -> list[float]:
 
 
 def test_training_the_evaluator_and_the_forecaster_keep_the_same_frames(recording, model_dir):
-    engine = open_engine(model_dir, backend="torch")
+    engine = open_engine(model_dir, EngineOptions(backend="torch"))
     config = ForecasterConfig(num_hypotheses=2, horizon=1, min_context=1)
     forecaster = Forecaster(engine, config)  # min_context 1: a forecast at every kept frame
 
@@ -81,8 +81,9 @@ def test_training_the_evaluator_and_the_forecaster_keep_the_same_frames(recordin
     segments = [f.segment for f in kept]
     firsts = [i == 0 or segments[i] != segments[i - 1] for i in range(len(kept))]
     evaluator = ([f.stamp_ns / NS for f in kept], starts([f.stamp_ns / NS for f in kept], firsts))
-    options = EvalOptions(recording, TOPIC, label_topic=None, model=model_dir, k=2, t=1,
-                          backend="torch", progress=False)  # fmt: skip
+    options = EvalOptions(recording, TOPIC, label_topic=None, model_dir=model_dir,
+                          num_hypotheses=2, horizon=1, engine=EngineOptions(backend="torch"),
+                          progress=False)  # fmt: skip
     frames = evaluate(options).metrics["frames"]
 
     # The node's path without DDS: the camera's frame sizes, then the Forecaster.

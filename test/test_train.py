@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 import torch
 
+from deltaworld_ros.errors import DeltaworldError, UsageError
 from deltaworld_ros.export.exporter import export_model
 from deltaworld_ros.model.config import HeadConfig, tiny
 from deltaworld_ros.model.store import load_model, read_manifest
 from deltaworld_ros.model.world_model import WorldModel
+from deltaworld_ros.runtime.engine import EngineOptions
 from deltaworld_ros.runtime.ort_engine import OrtEngine
 from deltaworld_ros.synth import CLASS_NAMES, PALETTE, WorldConfig, render_sequence
 from deltaworld_ros.train import cli
@@ -244,7 +246,7 @@ def test_a_depth_head_is_trained_onto_a_model_and_exported(tmp_path):
     assert torch.equal(before.seg_head.head.weight, after.seg_head.head.weight)
     assert after.depth_head is not None
     export_model(after, second, manifest.provenance, check=False)
-    engine = OrtEngine(second, providers=("cpu",))
+    engine = OrtEngine(second, EngineOptions(device="cpu"))
     depth = engine.depth(np.zeros((1, after.cfg.num_patches, after.cfg.token_size), np.float32))
     assert depth.shape == (1, 1, *after.cfg.grid) and "depth" in engine.providers
 
@@ -254,11 +256,11 @@ def test_stages_needing_labels_or_a_backbone_say_so(synth_frames, tmp_path):
 
     video = tmp_path / "clip.mp4"
     write_video(video, synth_frames.rgb, fps=10)
-    with pytest.raises(SystemExit, match="needs labels"):
+    with pytest.raises(UsageError, match="needs labels"):
         _train(tmp_path, "--video", str(video), "--out", str(tmp_path / "m"))
-    with pytest.raises(SystemExit, match="needs depth"):
+    with pytest.raises(UsageError, match="needs depth"):
         _train(tmp_path, "--video", str(video), "--stages", "depth_head", "--out", str(tmp_path))
-    with pytest.raises(SystemExit, match="needs a trained backbone"):
+    with pytest.raises(UsageError, match="needs a trained backbone"):
         _train(
             tmp_path, "--video", str(video), "--stages", "tokenizer", "--out", str(tmp_path / "m")
         )
@@ -313,6 +315,6 @@ def test_the_tokenizer_check_stops_a_run_whose_token_is_ignored(tmp_path):
     """A 3-step tokenizer has not learnt to use its token: the check names the camera groups'
     reliance and the fix, and no model directory is written."""
     out = tmp_path / "m"
-    with pytest.raises(SystemExit, match=r"ignores its delta token \(token reliance static"):
+    with pytest.raises(DeltaworldError, match=r"ignores its delta token \(token reliance static"):
         _train(tmp_path, "--clips", "4", "--out", str(out), "--min-token-reliance", "5")
     assert not (out / "manifest.json").exists()

@@ -22,13 +22,15 @@ import sys
 import time
 from pathlib import Path
 
+from deltaworld_ros.arguments import add_forecast_arguments
 from deltaworld_ros.cli import main as cli
 from deltaworld_ros.evaluation.replay_eval import EvalError, EvalOptions, Evaluation, evaluate
 from deltaworld_ros.evaluation.report import summary_text, write_report
 from deltaworld_ros.model.config import ModelConfig
-from deltaworld_ros.model.store import ModelDirError, default_model_dir, read_manifest
+from deltaworld_ros.model.store import default_model_dir, read_manifest
 from deltaworld_ros.ros.harness import NodeProcess, domain_id, write_params
 from deltaworld_ros.ros.replay import ReplayError, ReplayOptions, replay
+from deltaworld_ros.runtime.engine import EngineOptions
 
 IMAGE_TOPIC = "/camera/image_raw"
 CAMERAS = ("static", "vehicle")
@@ -48,14 +50,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the world's cameras to play, one bag and one node run each (default: both)",
     )
     parser.add_argument("--seed", type=int, default=7, help="world seed of the synthetic bag")
-    parser.add_argument("--model", type=Path, help="model directory (default: the embedded one)")
+    parser.add_argument(
+        "--model-dir", type=Path, help="model directory (default: the embedded one)"
+    )
     parser.add_argument(
         "--backend",
         choices=("onnxruntime", "torch"),
         help="default: onnxruntime when the model has its ONNX graphs, else torch",
     )
-    parser.add_argument("--k", type=int, default=8, help="hypotheses K")
-    parser.add_argument("--t", type=int, default=3, help="horizon steps T")
+    add_forecast_arguments(parser)
     parser.add_argument(
         "--rate", type=float, help="replay at this x the recorded rate (default: --fast pacing)"
     )
@@ -68,12 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     start = time.monotonic()
-    model = args.model or default_model_dir()
-    try:
-        manifest = read_manifest(model)
-    except ModelDirError as err:
-        print(f"deltaworld demo: {err}", file=sys.stderr)
-        return 2
+    model = args.model_dir or default_model_dir()
+    manifest = read_manifest(model)
     backend = args.backend or (
         "onnxruntime" if any(f.startswith("onnx/") for f in manifest.files) else "torch"
     )
@@ -131,8 +130,8 @@ def play_camera(
         "use_sim_time": True,  # the node's clock is the bag's, played on /clock
         "model_dir": str(model.resolve()),
         "backend": backend,
-        "num_hypotheses": args.k,
-        "horizon": args.t,
+        "num_hypotheses": args.num_hypotheses,
+        "horizon": args.horizon,
     }
     params_file = write_params(out / "node_params.yaml", params)
     remap = ("-r", f"image:={IMAGE_TOPIC}")
@@ -154,9 +153,9 @@ def play_camera(
     options = EvalOptions(
         bag=bag,
         image_topic=IMAGE_TOPIC,
-        model=model,
+        model_dir=model,
         predictions=predictions,
-        backend=backend,
+        engine=EngineOptions(backend=backend),
         progress=not args.no_progress,
         with_model=True,  # the model's own segmentation of the present: copy-last
     )

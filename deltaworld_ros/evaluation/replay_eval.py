@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from deltaworld_ros.arguments import (
+    add_engine_arguments,
+    add_forecast_arguments,
+    at_least,
+    engine_options,
+)
+from deltaworld_ros.errors import UsageError
 from deltaworld_ros.evaluation.metrics import (
     IGNORE,
     confusion,
@@ -54,7 +60,7 @@ from deltaworld_ros.model.config import generic_classes
 from deltaworld_ros.model.probes import TokenProbe, partner_pairs, probe_tokens
 from deltaworld_ros.model.store import ModelDirError, default_model_dir, load_model, read_manifest
 from deltaworld_ros.ros.futures import decode_float_image, decode_futures, parse_layout
-from deltaworld_ros.runtime.engine import open_engine
+from deltaworld_ros.runtime.engine import EngineOptions, largest_batch, open_engine
 from deltaworld_ros.runtime.forecaster import (
     Forecast,
     Forecaster,
@@ -508,7 +514,7 @@ class Evaluation:
     palette: np.ndarray  # (classes, 3) uint8
 
 
-class EvalError(RuntimeError):
+class EvalError(UsageError):
     """An input the evaluation cannot work with; the message says which and how to fix it."""
 
 
@@ -518,13 +524,12 @@ class EvalOptions:
     image_topic: str
     label_topic: str | None = "auto"  # "auto": the bag's label topic if it has one; None: none
     depth_topic: str | None = None  # 32FC1 depth in metres; None: the model's own depth
-    model: Path | None = None  # None: the default model
-    k: int = 8
-    t: int = 3
+    model_dir: Path | None = None  # None: the default model
+    num_hypotheses: int = ForecasterConfig.num_hypotheses  # K of the offline run
+    horizon: int = ForecasterConfig.horizon  # T of the offline run
     predictions: Path | None = None  # a bag recorded by `deltaworld replay`
     futures_topic: str = "/deltaworld/futures"
-    backend: str | None = None  # None: open_engine's default
-    threads: int | None = None  # None: the backend's default
+    engine: EngineOptions = field(default_factory=EngineOptions)
     seed: int = 0
     examples: int = 3
     progress: bool = True
@@ -574,7 +579,7 @@ class Evaluator:
             layout = self.recording.layout
             self.num_hypotheses, self.horizon = int(layout["K"]), int(layout["T"])
         else:
-            self.num_hypotheses, self.horizon = options.k, options.t
+            self.num_hypotheses, self.horizon = options.num_hypotheses, options.horizon
         # The model runs for offline forecasts, and for pseudo-labels of the node's forecasts.
         self.forecaster: Forecaster | None = None
         self.model_info: dict[str, Any] = {}
@@ -1057,11 +1062,11 @@ class LabelStream:
 def _open_forecaster(
     options: EvalOptions, num_hypotheses: int, horizon: int
 ) -> tuple[Forecaster, dict[str, Any]]:
-    model_dir = Path(options.model) if options.model else default_model_dir()
+    model_dir = Path(options.model_dir) if options.model_dir else default_model_dir()
     try:
         manifest = read_manifest(model_dir)
-        backend = {"backend": options.backend} if options.backend else {}
-        engine = open_engine(model_dir, threads=options.threads, **backend)
+        sized = replace(options.engine, max_batch=largest_batch(num_hypotheses, horizon, 1))
+        engine = open_engine(model_dir, sized)
     except (ModelDirError, OSError, ValueError) as err:
         raise EvalError(f"cannot open the model {model_dir}: {err}") from err
     config = ForecasterConfig(
@@ -1153,14 +1158,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="32FC1 depth Image topic (metres) to score depth futures against; default: the "
         "model's own depth of the frame that came (a model with a depth head)",
     )
-    parser.add_argument("--model", type=Path, help="model directory (default: the embedded one)")
-    parser.add_argument("--backend", choices=("onnxruntime", "torch"), help="default onnxruntime")
     parser.add_argument(
-        "--threads", type=int, help="CPU threads of the engine (default: the backend's choice)"
+        "--model-dir", type=Path, help="model directory (default: the embedded one)"
     )
+    add_engine_arguments(parser)
     parser.add_argument("--out", type=Path, help="report directory (default: <bag>_eval)")
-    parser.add_argument("--k", type=int, default=8, help="hypotheses K (offline run)")
-    parser.add_argument("--t", type=int, default=3, help="horizon steps T (offline run)")
+    add_forecast_arguments(parser)  # of the offline run; --predictions: the node's
     parser.add_argument("--seed", type=int, default=0, help="noise seed of the offline run")
     parser.add_argument(
         "--predictions",
@@ -1178,38 +1181,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --predictions and labels: run the model on the frames too (its own "
         "segmentation of the present, copy-last, feature errors and token probes)",
     )
-    parser.add_argument("--examples", type=int, default=3, help="example mosaics in the report")
+    parser.add_argument(
+        "--examples", type=at_least(0), default=3, help="example mosaics in the report (0: none)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    for name, value in (("--k", args.k), ("--t", args.t), ("--examples", args.examples + 1)):
-        if value < 1:
-            print(f"deltaworld eval: {name} must be >= 1, got {value}", file=sys.stderr)
-            return 2
     options = EvalOptions(
         bag=args.bag,
         image_topic=args.image_topic,
         label_topic=args.label_topic,
         depth_topic=args.depth_topic,
-        model=args.model,
-        k=args.k,
-        t=args.t,
+        model_dir=args.model_dir,
+        num_hypotheses=args.num_hypotheses,
+        horizon=args.horizon,
         predictions=args.predictions,
         futures_topic=args.futures_topic,
-        backend=args.backend,
-        threads=args.threads,
+        engine=engine_options(args),
         seed=args.seed,
         examples=args.examples,
         progress=not args.no_progress,
         with_model=args.with_model,
     )
     out = args.out or args.bag.with_name(args.bag.name.rstrip("/") + "_eval")
-    try:
-        evaluation = evaluate(options)
-    except EvalError as err:
-        print(f"deltaworld eval: {err}", file=sys.stderr)
-        return 2
+    evaluation = evaluate(options)
     paths = write_report(out, evaluation)
     print(summary_text(evaluation.metrics))
     print(f"report: {paths['markdown']} (+ {paths['html'].name}, metrics.json, figures)")

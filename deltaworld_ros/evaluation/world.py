@@ -18,11 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..arguments import at_least
+from ..errors import UsageError
 from ..model.deltatok import tokenize_offline
 from ..model.deltaworld import DeltaWorld, best_of_k, rollout
-from ..model.loading import WeightFileError, load_module_file
+from ..model.loading import load_module_file
 from ..model.probes import TokenProbe, partner_pairs, probe_tokens
-from ..model.store import ModelDirError, default_model_dir, load_model, read_manifest
+from ..model.store import default_model_dir, load_model, read_manifest
 from ..model.world_model import WorldModel
 from ..runtime.postprocess import disagreement
 from ..synth import AGENT_CLASSES, CLASS_NAMES, PALETTE, StreetWorld, WorldConfig
@@ -89,18 +91,18 @@ DEFINITIONS = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model",
+        "--model-dir",
         type=Path,
         default=None,
         help="model directory (default: the embedded default model)",
     )
     parser.add_argument("--out", type=Path, default=Path("results/world"))
     parser.add_argument(
-        "--sequences", type=int, default=8, help="held-out worlds per seed set (default 8)"
+        "--sequences", type=at_least(1), default=8, help="held-out worlds per seed set (default 8)"
     )
     parser.add_argument(
         "--seed-sets",
-        type=int,
+        type=at_least(1),
         default=2,
         help="seed sets of --sequences worlds each, scored apart to show the spread (default 2)",
     )
@@ -112,7 +114,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--frames", type=int, default=40, help="kept frames per sequence")
     parser.add_argument("--every", type=int, default=2, help="a case every N frames (default 2)")
-    parser.add_argument("--k", type=int, default=20, help="hypotheses per case (default 20)")
+    parser.add_argument(
+        "--num-hypotheses", type=at_least(1), default=20, help="K per case (default 20)"
+    )
     parser.add_argument("--threads", type=int, default=2)
 
 
@@ -204,12 +208,12 @@ def _check_held_out(seeds: range, provenance: dict[str, Any]) -> None:
         lo = data["seed"] * data["num_clips"]
         hi = lo + data["num_clips"]
         if seeds.start < hi and lo < seeds.stop:
-            raise SystemExit(
+            raise UsageError(
                 f"seeds {seeds.start}..{seeds.stop - 1} overlap the training world "
                 f"seeds {lo}..{hi - 1}; use --seed >= {HELD_OUT_SEED_BASE}"
             )
     if seeds.start < HELD_OUT_SEED_BASE:
-        raise SystemExit(f"--seed must be >= {HELD_OUT_SEED_BASE} (training seeds stay below)")
+        raise UsageError(f"--seed must be >= {HELD_OUT_SEED_BASE} (training seeds stay below)")
 
 
 def class_maps(model: WorldModel, features: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
@@ -546,13 +550,13 @@ def evaluate(
 ) -> tuple[list[SeedSetResult], Case | None]:
     cfg = model.cfg
     if tuple(cfg.head.class_names) != tuple(CLASS_NAMES):
-        raise SystemExit(
+        raise UsageError(
             f"the model's classes {cfg.head.class_names} are not the synth world's "
             f"{CLASS_NAMES}; evaluate-world needs a model trained on the world"
         )
     ctx, steps = cfg.context_length, max(HORIZONS)
     if frames < ctx + steps:
-        raise SystemExit(f"--frames must be >= context {ctx} + {steps} steps")
+        raise UsageError(f"--frames must be >= context {ctx} + {steps} steps")
     world = world_setup(provenance, cfg)
     figure: list[tuple[float, Case]] = []
     results = [
@@ -613,18 +617,12 @@ def save_figure(case: Case, path: Path, max_hypotheses: int = 6) -> None:
 
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    for name, value in (("--sequences", args.sequences), ("--seed-sets", args.seed_sets)):
-        if value < 1:
-            raise SystemExit(f"{name} must be >= 1, got {value}")
-    directory = args.model or default_model_dir()
-    try:
-        manifest = read_manifest(directory)
-        model = load_model(directory)
-        baseline = load_baseline(directory, model)
-    except (ModelDirError, WeightFileError) as err:
-        raise SystemExit(f"deltaworld evaluate-world: {err}") from None
+    directory = args.model_dir or default_model_dir()
+    manifest = read_manifest(directory)
+    model = load_model(directory)
+    baseline = load_baseline(directory, model)
     if baseline is None:
-        raise SystemExit(
+        raise UsageError(
             f"{directory} has no deterministic baseline predictor "
             f"(weights/world_baseline.safetensors); train it with --stages baseline"
         )
@@ -632,17 +630,24 @@ def run(args: argparse.Namespace) -> int:
     _check_held_out(range(sets[0].start, sets[-1].stop), manifest.provenance)
     generator = torch.Generator().manual_seed(args.seed)
     results, case = evaluate(
-        model, baseline, manifest.provenance, sets, args.frames, args.every, args.k, generator
+        model,
+        baseline,
+        manifest.provenance,
+        sets,
+        args.frames,
+        args.every,
+        args.num_hypotheses,
+        generator,
     )
     evaluation = WorldEvaluation(
         model=str(directory),
-        k=args.k,
+        k=args.num_hypotheses,
         horizons=HORIZONS,
         frames=args.frames,
         every=args.every,
         sequences_per_set=args.sequences,
         seed_sets=results,
-        targets=target_rows(method_targets(args.k), results),
+        targets=target_rows(method_targets(args.num_hypotheses), results),
         definitions=DEFINITIONS,
     )
     args.out.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from ..errors import DeltaworldError
 from ..model.world_model import WorldModel
 from ..runtime.ort_engine import session_options
 from .graphs import SPECS, example_inputs
@@ -20,7 +21,7 @@ from .graphs import SPECS, example_inputs
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
 
 
-class ParityError(AssertionError):
+class ParityError(DeltaworldError):
     """An exported graph whose outputs differ from its torch module beyond the tolerance."""
 
 

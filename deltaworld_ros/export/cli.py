@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..model.config import PRESETS, ModelConfig, preset
-from ..model.loading import WeightFileError, load_published, save_weights
-from ..model.store import ModelDirError, load_model, read_manifest, sha256
+from ..arguments import size
+from ..errors import UsageError
+from ..model.config import PRESETS, preset
+from ..model.loading import load_published, save_weights
+from ..model.store import load_model, read_manifest, sha256
 from ..model.world_model import WorldModel
 from .exporter import export_model
 
@@ -25,7 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="random weights of this preset; with --dinov3 the release's config (default vitb16)",
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
-    parser.add_argument("--image-size", help="HxW the networks run at (multiple of the patch)")
+    parser.add_argument(
+        "--image-size", type=size, help="HxW the networks run at (multiple of the patch)"
+    )
     parser.add_argument("--model-dir", type=Path, help="a model dir with weights/ + manifest")
     parser.add_argument("--dinov3", type=Path, help="Hugging Face DINOv3 directory")
     parser.add_argument("--deltatok", type=Path, help="published DeltaTok weight file")
@@ -39,46 +42,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-check", action="store_true", help="skip the torch/ONNX parity")
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"image size must read HxW, e.g. 128x128; got {text!r}") from None
-    return h, w
-
-
-def with_image_size(cfg: ModelConfig, text: str | None) -> ModelConfig:
-    if text is None:
-        return cfg
-    size = parse_size(text)
-    p = cfg.backbone.patch_size
-    if min(size) < p or size[0] % p or size[1] % p:
-        raise ValueError(f"image size {size} must be a positive multiple of the patch size {p}")
-    return replace(cfg, image_size=size)
-
-
 def build(args: argparse.Namespace) -> tuple[WorldModel, Path, dict[str, Any]]:
     """The model to export, the directory to write, and where its weights came from."""
     sources = [args.model_dir is not None, args.dinov3 is not None,
                args.preset is not None and args.dinov3 is None]  # fmt: skip
     if sum(sources) != 1:
-        raise ValueError("give exactly one source: --preset NAME, --model-dir DIR or --dinov3 DIR")
+        raise UsageError("give exactly one source: --preset NAME, --model-dir DIR or --dinov3 DIR")
     if args.preset and not args.dinov3:
         if args.out is None:
-            raise ValueError("--preset needs --out DIR")
+            raise UsageError("--preset needs --out DIR")
         torch.manual_seed(args.seed)
-        model = WorldModel(with_image_size(preset(args.preset), args.image_size)).eval()
+        model = WorldModel(preset(args.preset, args.image_size)).eval()
         return model, args.out, {"source": f"random weights seed {args.seed}"}
     if args.model_dir:
         provenance = read_manifest(args.model_dir).provenance
         provenance.pop("export", None)
         model = load_model(args.model_dir)
         if args.image_size:
-            raise ValueError("--image-size applies to --preset and the release files only")
+            raise UsageError("--image-size applies to --preset and the release files only")
         return model, args.out or args.model_dir, provenance
     if args.deltatok is None or args.deltaworld is None or args.out is None:
-        raise ValueError("--dinov3 needs --deltatok FILE, --deltaworld FILE and --out DIR")
-    cfg = with_image_size(preset(args.preset or "vitb16"), args.image_size)
+        raise UsageError("--dinov3 needs --deltatok FILE, --deltaworld FILE and --out DIR")
+    cfg = preset(args.preset or "vitb16", args.image_size)
     files = {
         "dinov3": args.dinov3 / "model.safetensors",
         "deltatok": args.deltatok,
@@ -95,10 +80,7 @@ def build(args: argparse.Namespace) -> tuple[WorldModel, Path, dict[str, Any]]:
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("deltaworld_ros").setLevel(logging.INFO)
-    try:
-        model, out, provenance = build(args)
-    except (ValueError, ModelDirError, WeightFileError) as err:
-        raise SystemExit(f"deltaworld export: {err}") from None
+    model, out, provenance = build(args)
     out.mkdir(parents=True, exist_ok=True)
     if args.model_dir is None or out.resolve() != args.model_dir.resolve():
         save_weights(model, out)
@@ -109,12 +91,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{p.graph:9s} {p.precision} batch {p.batch}{context}: max|onnx - torch| "
               f"{p.max_error:.3g} (tolerance {p.bound:.3g})")  # fmt: skip
     if args.int8:
-        from .int8 import AccuracyError, add_int8
+        from .int8 import add_int8
 
-        try:
-            agreement = add_int8(out)
-        except AccuracyError as err:
-            raise SystemExit(f"deltaworld export: {err}") from None
+        agreement = add_int8(out)
         print(f"int8 decoder: forecast class pixels {agreement.class_pixels:.2%} equal to "
               f"float32's over {agreement.forecasts} forecasts, relative feature error "
               f"{agreement.feature_error:.3g}")  # fmt: skip

@@ -17,6 +17,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from ..errors import DeltaworldError
 from ..model.store import Manifest, write_manifest
 from ..model.world_model import WorldModel
 from ..runtime.engine import CONTEXT_INPUTS
@@ -30,7 +31,7 @@ ONNX_DIR = "onnx"
 FP32_ONLY = ("predictor",)  # its time RoPE turns seconds into angles of hundreds of radians
 
 
-class ExportError(RuntimeError):
+class ExportError(DeltaworldError):
     """An export that produced a graph with the wrong interface."""
 
 

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DeltaworldError
 from ..model.store import read_manifest, write_manifest
-from ..runtime.engine import INT8_GRAPHS, graph_file
+from ..runtime.engine import INT8_GRAPHS, EngineOptions, graph_file
 from ..runtime.ort_engine import OrtEngine
 from ..synth import WorldConfig, render_sequence
 
@@ -27,7 +28,7 @@ AGREEMENT_BOUND = 0.99  # share of forecast class pixels equal to the float32 mo
 HELD_OUT_SEED = 1_000_000_000  # train.data.HELD_OUT_SEED_BASE: worlds no model trained on
 
 
-class AccuracyError(RuntimeError):
+class AccuracyError(DeltaworldError):
     """A quantized model whose forecasts leave the stated bound."""
 
 
@@ -57,7 +58,10 @@ def measure_agreement(
     worlds (K hypotheses, T steps, same noise)."""
     from ..runtime.forecaster import Forecaster, ForecasterConfig, FrameInput
 
-    engines = [OrtEngine(model_dir, ("cpu",), strict=True, precision=p) for p in ("fp32", "int8")]
+    engines = [
+        OrtEngine(model_dir, EngineOptions(providers=("cpu",), strict_providers=True, precision=p))
+        for p in ("fp32", "int8")
+    ]
     h, w = engines[0].config.image_size
     same = total = same_now = total_now = 0
     err2 = ref2 = 0.0

@@ -28,6 +28,7 @@ from rosbags.rosbag2.reader import DirectoryReader
 from rosbags.rosbag2.storage_mcap import McapReader
 from rosbags.typesys import Stores, get_typestore
 
+from deltaworld_ros.errors import UsageError
 from deltaworld_ros.io.images import (
     CompressedFormat,
     decode_image_message,
@@ -55,8 +56,16 @@ _STORAGES: dict[str, StoragePlugin] = {
 log = logging.getLogger(__name__)
 
 
-class MissingTopicError(LookupError):
+class MissingTopicError(UsageError, LookupError):
     """A requested topic is not in the bag."""
+
+
+class BagNotFoundError(UsageError, FileNotFoundError):
+    """No rosbag2 at the path given."""
+
+
+class BagExistsError(UsageError, FileExistsError):
+    """A bag to write is there already (rosbag2 writers never overwrite)."""
 
 
 class _UnfinishedMcapReader(McapReader):
@@ -134,7 +143,7 @@ class ImageBagWriter:
             raise ValueError(f"storage must be one of {sorted(_STORAGES)}, got {storage!r}")
         self.path = Path(path)
         if self.path.exists():
-            raise FileExistsError(
+            raise BagExistsError(
                 f"bag {self.path} exists already; rosbag2 writers never overwrite, "
                 "choose another path or delete it"
             )
@@ -246,7 +255,7 @@ def open_bag(path: str | Path) -> AnyReader:
     """An (unopened) AnyReader that also reads unfinished recordings; see the module doc."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(
+        raise BagNotFoundError(
             f"no rosbag2 at {path}: pass the bag directory (with metadata.yaml) "
             "or its .mcap / .db3 file"
         )

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 from tqdm import tqdm
 
+from deltaworld_ros.errors import DeltaworldError, UsageError
 from deltaworld_ros.io.bags import ImageBagWriter
 from deltaworld_ros.io.video import probe_video, read_video_frames
 
@@ -51,8 +51,7 @@ def _check(args: argparse.Namespace) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     if problem := _check(args):
-        print(f"deltaworld bag-from-video: error: {problem}", file=sys.stderr)
-        return 2
+        raise UsageError(problem)
     # Integer ns: a float of epoch seconds only resolves ~0.2 us, so add pts in ns after it.
     start_ns = round((time.time() if args.start_time is None else args.start_time) * 1e9)
     info = probe_video(args.video)
@@ -67,11 +66,7 @@ def run(args: argparse.Namespace) -> int:
             first = t if count == 0 else first
             last, shape, count = t, rgb.shape[:2], count + 1
     if count == 0:
-        print(
-            f"deltaworld bag-from-video: error: no frames decoded from {args.video}",
-            file=sys.stderr,
-        )
-        return 1
+        raise DeltaworldError(f"no frames decoded from {args.video}")
     print(
         f"wrote {count} frames ({last - first:.2f} s, {shape[1]}x{shape[0]} rgb8) on "
         f"{args.topic} to {args.out} ({args.storage})"

@@ -8,8 +8,10 @@ package trains on its procedural world.
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
 from typing import Any, get_args, get_origin, get_type_hints
+
+from ..errors import UsageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -238,7 +240,18 @@ def small(head: HeadConfig | None = None, image_size: tuple[int, int] = (96, 96)
 PRESETS = {"vitb16": vitb16, "tiny": tiny, "small": small}
 
 
-def preset(name: str) -> ModelConfig:
+def preset(name: str, image_size: tuple[int, int] | None = None) -> ModelConfig:
+    """The named preset, at `image_size` (H, W) instead of its own if given; UsageError for
+    an unknown name or a size that is no positive multiple of the patch."""
     if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
-    return PRESETS[name]()
+        raise UsageError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+    cfg = PRESETS[name]()
+    if image_size is None:
+        return cfg
+    p = cfg.backbone.patch_size
+    if min(image_size) < p or image_size[0] % p or image_size[1] % p:
+        raise UsageError(
+            f"image size {image_size[0]}x{image_size[1]} must be a positive multiple of the "
+            f"{name} preset's patch size {p}, e.g. {8 * p}x{8 * p}"
+        )
+    return replace(cfg, image_size=tuple(image_size))

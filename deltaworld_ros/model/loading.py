@@ -17,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..errors import UsageError
 from .config import BackboneConfig, ModelConfig
 from .store import weight_path
 from .world_model import MODULES, WorldModel
@@ -25,7 +26,7 @@ from .world_model import MODULES, WorldModel
 _WRAPPER_PREFIXES = ("", "module.", "network.", "model.", "_orig_mod.", "state_dict.")
 
 
-class WeightFileError(RuntimeError):
+class WeightFileError(UsageError):
     """A weight file that cannot be read or does not fit its module."""
 
 

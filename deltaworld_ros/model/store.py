@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import UsageError
 from .config import ModelConfig
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ MANIFEST = "manifest.json"
 FORMAT = "deltaworld-model/1"
 
 
-class ModelDirError(RuntimeError):
+class ModelDirError(UsageError):
     """A model directory whose manifest is missing, unreadable, or does not match its files."""
 
 

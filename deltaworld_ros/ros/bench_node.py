@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -33,12 +34,21 @@ from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
+from ..arguments import (
+    add_engine_arguments,
+    add_forecast_arguments,
+    at_least,
+    engine_options,
+    size,
+)
+from ..cli import run_command
 from ..io.images import stamp_ns
-from ..model.store import ModelDirError, default_model_dir, read_manifest
+from ..model.store import default_model_dir, read_manifest
 from ..synth import WorldConfig, render_sequence
 from . import packing
 from .harness import NodeProcess, Probe, domain_id, write_params
 from .node import OUTPUT_QOS, SENSOR_QOS
+from .params import engine_parameters
 
 NODE_STAGES = ("node: convert", "node: pack", "node: publish")
 DDS_PROFILE = Path(__file__).resolve().parents[2] / "config" / "fastdds_large_frames.xml"
@@ -82,25 +92,19 @@ def stage_means(reports: list[dict[str, str]]) -> dict[str, float]:
     return {stage: round(float(np.mean(v)), 3) for stage, v in sorted(samples.items())}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    model_dir = Path(args.model_dir) if args.model_dir else default_model_dir()
-    try:
-        manifest = read_manifest(model_dir, verify=False)
-    except ModelDirError as err:
-        raise SystemExit(f"deltaworld_ros.ros.bench_node: {err}") from None
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    model_dir = args.model_dir or default_model_dir()
+    manifest = read_manifest(model_dir, verify=False)
     height, width = args.size
     messages = frames(height, width, args.frames, args.rate)
     params = {
         "model_dir": str(model_dir),
-        "backend": args.backend,
+        **engine_parameters(engine_options(args)),
         "num_hypotheses": args.num_hypotheses,
         "horizon": args.horizon,
         "visualization": not args.no_visualization,
-        "threads": args.threads,
         "diagnostics_period": 1.0,
     }
-    if args.providers:
-        params["providers"] = args.providers
     if not args.stock_dds:
         os.environ.setdefault(PROFILE_VARIABLE, str(DDS_PROFILE))  # before any participant
     domain = domain_id("bench_node")
@@ -200,15 +204,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model-dir", help="model directory (default: the embedded model)")
-    parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch"])
-    parser.add_argument("--providers", nargs="*", help="onnxruntime providers, e.g. cuda cpu")
-    parser.add_argument("--threads", type=int, default=0, help="engine threads (0: all)")
-    parser.add_argument("--num-hypotheses", "-K", type=int, default=8)
-    parser.add_argument("--horizon", "-T", type=int, default=3)
+    parser.add_argument(
+        "--model-dir", type=Path, help="model directory (default: the embedded model)"
+    )
+    add_engine_arguments(parser)
+    add_forecast_arguments(parser)
     parser.add_argument("--rate", type=float, default=30.0, help="camera frames per second")
-    parser.add_argument("--size", type=_size, default=(480, 640), help="HxW of the frames")
-    parser.add_argument("--frames", type=int, default=30, help="distinct frames, looped")
+    parser.add_argument("--size", type=size, default=(480, 640), help="HxW of the frames")
+    parser.add_argument("--frames", type=at_least(1), default=30, help="distinct frames, looped")
     parser.add_argument("--duration", type=float, default=20.0, help="s measured")
     parser.add_argument("--warmup", type=float, default=3.0, help="s after the first forecast")
     parser.add_argument("--warmup-timeout", type=float, default=120.0)
@@ -219,18 +222,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="JSON path (default: benchmarks/node_...)")
 
 
-def _size(text: str) -> tuple[int, int]:
-    h, w = (int(v) for v in text.lower().split("x"))
-    return h, w
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m deltaworld_ros.ros.bench_node", description=__doc__.splitlines()[0]
-    )
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    result = run(args)
+def run(args: argparse.Namespace) -> int:
+    result = measure(args)
     name = f"node-{result['model']['name']}-{args.backend}.json"  # beside `deltaworld bench`'s
     out = args.out or Path("benchmarks") / name
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -248,6 +241,12 @@ def main(argv: list[str] | None = None) -> int:
         f"-> {out}"
     )
     return 0 if result["exit_code_after_sigint"] == 0 else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    prog, description = "python -m deltaworld_ros.ros.bench_node", __doc__.splitlines()[0]
+    argv = sys.argv[1:] if argv is None else argv
+    return run_command(prog, description, sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

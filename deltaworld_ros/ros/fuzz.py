@@ -30,8 +30,9 @@ from rclpy.serialization import serialize_message
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
+from ..arguments import add_forecast_arguments, at_least, size
 from ..io.images import encode_compressed, encode_raw, stamp_ns
-from ..model.store import default_model_dir
+from ..model.store import default_model_dir, read_manifest
 from .diagnostics import DECODE_ERROR, NORMALISED, WRONG_SIZE
 from .harness import NodeProcess, Probe, domain_id, write_params
 from .node import OUTPUT_QOS, SENSOR_QOS
@@ -345,7 +346,8 @@ def camera_counts(probe: Probe) -> dict[str, dict[str, str]]:
 def soak(args: argparse.Namespace) -> dict[str, Any]:
     """Frames at args.rate per camera, stamped with the wall clock, args.bad of them hostile;
     RSS of the node and stamp-to-arrival latency of the forecasts, start vs end."""
-    model_dir = Path(args.model_dir) if args.model_dir else default_model_dir()
+    model_dir = args.model_dir or default_model_dir()
+    read_manifest(model_dir, verify=False)  # ModelDirError now rather than a node that exits
     names = [f"cam{i}" for i in range(args.cameras)]
     transports = {n: "compressed" if i % 2 else "raw" for i, n in enumerate(names)}
     params = {
@@ -447,23 +449,21 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model-dir", help="model directory (default: the embedded model)")
-    parser.add_argument("--frames", type=int, default=20000, help="stream-frames in all")
-    parser.add_argument("--cameras", type=int, default=2, help="cameras (raw, compressed, ...)")
+    parser.add_argument(
+        "--model-dir", type=Path, help="model directory (default: the embedded model)"
+    )
+    parser.add_argument("--frames", type=at_least(1), default=20000, help="stream-frames in all")
+    parser.add_argument(
+        "--cameras", type=at_least(1), default=2, help="cameras (raw, compressed, ...)"
+    )
     parser.add_argument("--rate", type=float, default=10.0, help="frames per second per camera")
     parser.add_argument("--bad", type=float, default=0.05, help="share of hostile messages")
-    parser.add_argument("--size", type=_size, default=(96, 128), help="HxW of the frames")
-    parser.add_argument("--num-hypotheses", "-K", type=int, default=8)
-    parser.add_argument("--horizon", "-T", type=int, default=3)
+    parser.add_argument("--size", type=size, default=(96, 128), help="HxW of the frames")
+    add_forecast_arguments(parser)
     parser.add_argument("--window", type=float, default=0.1, help="start/end share compared")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--startup-timeout", type=float, default=120.0, help="s for the node")
     parser.add_argument("--out", type=Path, help="JSON (default: benchmarks/soak-node.json)")
-
-
-def _size(text: str) -> tuple[int, int]:
-    h, w = (int(v) for v in text.lower().split("x"))
-    return h, w
 
 
 def run(args: argparse.Namespace) -> int:

@@ -92,15 +92,7 @@ class Forecasting:
     def start(self) -> None:
         """Open the engine, create the outputs and the diagnostics timer, start the worker."""
         settings = self.settings
-        self.engine = open_engine(
-            settings.model_dir,
-            backend=settings.backend,
-            providers=settings.providers,
-            strict=settings.strict_providers,
-            precision=settings.precision,
-            device=settings.device,
-            threads=settings.threads or None,
-        )
+        self.engine = open_engine(settings.model_dir, settings.engine)
         self.forecaster = Forecaster(self.engine, settings.forecaster)
         model = self.engine.config
         self.palette = packing.palette_array(model.head.palette, model.head.num_classes)

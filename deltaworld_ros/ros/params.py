@@ -21,21 +21,22 @@ from rclpy.exceptions import ParameterException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from ..errors import UsageError
 from ..io.images import DEFAULT_MAX_PIXELS
 from ..model.store import default_model_dir
+from ..runtime.engine import BACKENDS, PRECISIONS, EngineOptions, largest_batch
 from ..runtime.forecaster import ForecasterConfig
-from ..runtime.ort_engine import provider_name
+from ..runtime.ort_engine import requested_providers
 
 TRANSPORTS = ("raw", "compressed")
 CROPS = ("resize", "square")
-BACKENDS = ("onnxruntime", "torch")
-PRECISIONS = ("fp32", "fp16", "int8", "bf16")
+SQUARE_CROPS = 4  # the most square crops the engine is sized for: a 4:1 panorama
 LOG_LEVELS = ("", "debug", "info", "warn", "error", "fatal")
 NAME_TOKEN = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 TOPIC_NAME = re.compile(r"^~?/?[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*$")
 
 
-class ParameterError(ValueError):
+class ParameterError(UsageError):
     """A parameter value the node cannot run with."""
 
 
@@ -90,9 +91,13 @@ SPECS: dict[str, Spec] = {
     "precision": Spec(
         "fp32",
         "numeric precision of the graphs (int8: onnxruntime, bf16: torch)",
-        choices=PRECISIONS,
+        choices=tuple(dict.fromkeys(p for b in BACKENDS for p in PRECISIONS[b])),
     ),
-    "device": Spec("cpu", "torch backend's device: cpu, cuda or cuda:<index>"),
+    "device": Spec(
+        "",
+        "cpu, cuda or cuda:<index> (onnxruntime: the GPU its CUDA/TensorRT providers use); "
+        "'' = the backend's choice (torch: cpu, onnxruntime: its providers on GPU 0)",
+    ),
     "threads": Spec(0, "CPU threads of the engine; 0 = its default (all cores)", 0, 256),
     "num_hypotheses": Spec(8, "K: forecast hypotheses per frame (futures rows)", 1, 64),
     "horizon": Spec(3, "T: forecast steps of step_seconds each (futures columns)", 1, 32),
@@ -150,12 +155,7 @@ class CameraSettings:
 @dataclass(frozen=True)
 class NodeSettings:
     model_dir: Path
-    backend: str
-    providers: tuple[str, ...] | None
-    strict_providers: bool
-    precision: str
-    device: str
-    threads: int
+    engine: EngineOptions
     forecaster: ForecasterConfig
     cameras: tuple[CameraSettings, ...]
     visualization: bool
@@ -202,36 +202,41 @@ def declare_and_read(node: Node, argv: list[str] = ()) -> NodeSettings:
         "the int8 decoder is an onnxruntime graph (deltaworld export --int8)",
     )  # fmt: skip
     read.check(
-        values["device"] == "cpu" or re.fullmatch(r"cuda(:\d+)?", values["device"]) is not None,
-        "device", values["device"], "cpu, cuda or cuda:<index>",
+        re.fullmatch(r"(cpu|cuda(:\d+)?)?", values["device"]) is not None,
+        "device", values["device"], "cpu, cuda or cuda:<index>, or '' for the backend's choice",
     )  # fmt: skip
     read.check(
         values["context_length"] != 1, "context_length", 1,
         "a forecast needs at least 2 frames in the window (one delta); use 0 (the model's) "
         "or 2..64",
     )  # fmt: skip
-    for provider in values["providers"] or ():
-        try:
-            provider_name(provider)
-        except ValueError as err:
-            read.check(False, "providers", values["providers"], str(err))
-    settings = NodeSettings(
-        model_dir=read.model_dir(values["model_dir"]),
+    forecaster = ForecasterConfig(
+        num_hypotheses=values["num_hypotheses"],
+        horizon=values["horizon"],
+        context_length=values["context_length"] or None,
+        frame_interval=values["frame_interval"] or None,
+        output_size=tuple(output_size) if output_size[0] else None,
+        crop=values["crop"],
+        seed=values["seed"],
+    )
+    streams = len(names) * (SQUARE_CROPS if values["crop"] == "square" else 1)
+    engine = EngineOptions(
         backend=values["backend"],
+        device=values["device"],
+        precision=values["precision"],
+        threads=values["threads"] or None,
         providers=tuple(values["providers"]) if values["providers"] else None,
         strict_providers=values["strict_providers"],
-        precision=values["precision"],
-        device=values["device"],
-        threads=values["threads"],
-        forecaster=ForecasterConfig(
-            num_hypotheses=values["num_hypotheses"],
-            horizon=values["horizon"],
-            context_length=values["context_length"] or None,
-            frame_interval=values["frame_interval"] or None,
-            output_size=tuple(output_size) if output_size[0] else None,
-            crop=values["crop"],
-            seed=values["seed"],
-        ),
+        max_batch=largest_batch(forecaster.num_hypotheses, forecaster.horizon, streams),
+    )
+    try:
+        requested_providers(engine)  # known names, none on a GPU with device cpu
+    except UsageError as err:
+        read.check(False, "providers", values["providers"], str(err))
+    settings = NodeSettings(
+        model_dir=read.model_dir(values["model_dir"]),
+        engine=engine,
+        forecaster=forecaster,
         cameras=tuple(read.camera(name, len(names), namespace) for name in names),
         visualization=values["visualization"],
         diagnostics_period=values["diagnostics_period"],
@@ -242,6 +247,21 @@ def declare_and_read(node: Node, argv: list[str] = ()) -> NodeSettings:
         if node.has_parameter(name):
             read.check_given(name, text)
     return settings
+
+
+def engine_parameters(options: EngineOptions) -> dict[str, Any]:
+    """The node's parameters that give it an engine set up as `options` (max_batch: the node
+    derives its own from num_hypotheses, horizon, cameras and crop)."""
+    parameters = {
+        "backend": options.backend,
+        "device": options.device,
+        "precision": options.precision,
+        "threads": options.threads or 0,
+        "strict_providers": options.strict_providers,
+    }
+    if options.providers:
+        parameters["providers"] = list(options.providers)
+    return parameters
 
 
 def undeclared_overrides(node: Node) -> list[str]:

@@ -40,6 +40,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 from tqdm import tqdm
 
+from deltaworld_ros.errors import UsageError
 from deltaworld_ros.evaluation.replay_eval import STATS_TOPIC
 from deltaworld_ros.io.bags import (
     IMAGE_TYPES,
@@ -65,7 +66,7 @@ DEFAULT_TOPICS = (
 )
 
 
-class ReplayError(RuntimeError):
+class ReplayError(UsageError):
     """The replay cannot start or run; the message says why and what to do."""
 
 
@@ -497,11 +498,7 @@ def options_from(args: argparse.Namespace) -> ReplayOptions:
 
 def run(args: argparse.Namespace) -> int:
     options = options_from(args)
-    try:
-        summary = replay(options, domain_id=args.domain_id)
-    except (ReplayError, FileExistsError) as err:
-        print(f"deltaworld replay: {err}", file=sys.stderr)
-        return 2
+    summary = replay(options, domain_id=args.domain_id)
     print(
         f"recorded {options.record}: {summary['frames published']} frames played "
         f"({summary['mode']}), {summary['forecasts received']} forecasts received, "

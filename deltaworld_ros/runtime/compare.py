@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from ..model.store import ModelDirError, default_model_dir, read_manifest
+from ..arguments import add_forecast_arguments
+from ..model.store import default_model_dir, read_manifest
 from .bench import percentiles_ms, run_record, synthetic_streams
-from .engine import graph_file, open_engine
+from .engine import EngineOptions, graph_file, open_engine
 from .forecaster import Forecaster, ForecasterConfig, FrameInput, StreamOverrides
 from .threads import passive_openmp
 
@@ -52,8 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--deltatok", type=Path, help="a clone of github.com/amazon-far/deltatok: the reference"
     )
-    parser.add_argument("--k", type=int, default=8, help="hypotheses K")
-    parser.add_argument("--t", type=int, default=3, help="horizon T (steps)")
+    add_forecast_arguments(parser)
     parser.add_argument("--threads", type=int, default=2, help="engine threads")
     parser.add_argument(
         "--torch-threads", type=int, help="torch's (package torch, reference); default --threads"
@@ -86,11 +86,14 @@ def package(name: str, forecaster: Forecaster, ahead: bool = True) -> Variant:
 
 
 def build_variants(args: argparse.Namespace, model_dir: Path, workdir: Path) -> list[Variant]:
-    config = ForecasterConfig(num_hypotheses=args.k, horizon=args.t, keep_features=True)
+    config = ForecasterConfig(
+        num_hypotheses=args.num_hypotheses, horizon=args.horizon, keep_features=True
+    )
 
     def forecaster(precision="fp32", backend="onnxruntime", threads=args.threads, **changes):
-        engine = open_engine(model_dir if precision != "int8" else int8_dir, backend=backend,
-                             providers=["cpu"], precision=precision, threads=threads)  # fmt: skip
+        providers = ("cpu",) if backend == "onnxruntime" else None
+        options = EngineOptions(backend, "cpu", precision, threads, providers)
+        engine = open_engine(model_dir if precision != "int8" else int8_dir, options)
         return Forecaster(engine, replace(config, **changes))
 
     int8_dir = model_dir
@@ -116,10 +119,10 @@ def build_variants(args: argparse.Namespace, model_dir: Path, workdir: Path) -> 
         from .reference import ReferenceForecaster, ReferenceModel
 
         reference = forecaster()  # for its window sizes
-        model = ReferenceModel(args.deltatok, model_dir, args.k)
+        model = ReferenceModel(args.deltatok, model_dir, args.num_hypotheses)
         forecaster = ReferenceForecaster(
-            model, args.k, args.t, reference.frame_interval, reference.context_length,
-            reference.output_size,
+            model, args.num_hypotheses, args.horizon, reference.frame_interval,
+            reference.context_length, reference.output_size,
         )  # fmt: skip
         variants.append(Variant(REFERENCE, forecaster.process))
     return variants
@@ -154,15 +157,10 @@ def run(args: argparse.Namespace) -> int:
     passive_openmp()  # the package's torch engine and the reference alike
     import torch
 
-    from .reference import ReferenceError
-
     torch.set_num_threads(args.torch_threads or args.threads)
     model_dir = args.model_dir or default_model_dir()
     with tempfile.TemporaryDirectory(prefix="deltaworld-compare-") as workdir:
-        try:
-            variants = build_variants(args, model_dir, Path(workdir))
-        except (ModelDirError, ReferenceError, ValueError) as err:
-            raise SystemExit(f"deltaworld bench-compare: {err}") from None
+        variants = build_variants(args, model_dir, Path(workdir))
         return compare(variants, args, model_dir)
 
 
@@ -172,7 +170,7 @@ def compare(variants: list[Variant], args: argparse.Namespace, model_dir: Path) 
     cycle = 8
     frames = synthetic_streams(1, cfg.image_size, cycle=cycle)[0]
     rng = np.random.default_rng(0)
-    shape = (args.t, args.k, cfg.predictor.hidden_size)
+    shape = (args.horizon, args.num_hypotheses, cfg.predictor.hidden_size)
     queries = [(rng.standard_normal(shape) * 0.02).astype(np.float32) for _ in range(cycle)]
     agreement = check_agreement(variants, frames, queries, interval)
     load_before = os.getloadavg()
@@ -216,8 +214,8 @@ def compare(variants: list[Variant], args: argparse.Namespace, model_dir: Path) 
         "model": cfg.name,
         "model_dir": str(model_dir),
         "image_size": list(cfg.image_size),
-        "k": args.k,
-        "t": args.t,
+        "k": args.num_hypotheses,
+        "t": args.horizon,
         "threads": args.threads,
         "torch_threads": args.torch_threads or args.threads,
         "steps_per_variant": args.rounds * args.block,
@@ -228,7 +226,8 @@ def compare(variants: list[Variant], args: argparse.Namespace, model_dir: Path) 
         **run_record(),
     }
     print(report(result))
-    path = args.json or Path("benchmarks") / f"compare-{cfg.name}-k{args.k}t{args.t}.json"
+    name = f"compare-{cfg.name}-k{args.num_hypotheses}t{args.horizon}.json"
+    path = args.json or Path("benchmarks") / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {path}")

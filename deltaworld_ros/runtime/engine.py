@@ -6,12 +6,14 @@ streams (cameras x crops) and hypotheses, so that one frame costs one call per g
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+from ..errors import UsageError
 from ..model.config import ModelConfig
 from .threads import passive_openmp
 
@@ -32,6 +34,55 @@ CONTEXT_INPUTS = ("kv", "pos_k")  # the predictor's inputs whose axis 1 is the c
 
 
 INT8_GRAPHS = ("decoder",)  # quantized by `deltaworld export --int8`; the rest stay float32
+
+
+BACKENDS = ("onnxruntime", "torch")
+PRECISIONS = {"onnxruntime": ("fp32", "fp16", "int8"), "torch": ("fp32", "fp16", "bf16")}
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How and where the graphs run: forecast_node's engine parameters and every command's
+    engine flags, carried whole to either backend."""
+
+    backend: str = "onnxruntime"  # or "torch"
+    # "" = the backend's choice (torch: cpu; onnxruntime: its providers on GPU 0),
+    # "cpu", "cuda" or "cuda:N" (onnxruntime: its GPU providers on GPU N)
+    device: str = ""
+    precision: str = "fp32"  # fp32, fp16, int8 (onnxruntime), bf16 (torch)
+    threads: int | None = None  # CPU threads of the engine; None: the runtime's default
+    providers: tuple[str, ...] | None = None  # onnxruntime's, by preference; None: the default
+    strict_providers: bool = False  # refuse to run anywhere but on the listed providers
+    max_batch: int = 64  # largest batch a graph sees (largest_batch); TensorRT's profiles
+
+    def validate(self) -> None:
+        """UsageError naming the option, the value and what it may be."""
+        if self.backend not in BACKENDS:
+            raise UsageError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.precision not in PRECISIONS[self.backend]:
+            raise UsageError(
+                f"precision {self.precision!r} does not run on {self.backend}; use one of "
+                f"{', '.join(PRECISIONS[self.backend])} (int8: onnxruntime, bf16: torch)"
+            )
+        if self.device and re.fullmatch(r"cpu|cuda(:\d+)?", self.device) is None:
+            raise UsageError(f"device must be cpu, cuda or cuda:<index>, got {self.device!r}")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"threads must be >= 1 (or unset), got {self.threads}")
+        if self.max_batch < 1:
+            raise UsageError(f"max_batch must be >= 1, got {self.max_batch}")
+        if self.strict_providers and not self.providers:
+            raise UsageError("strict providers need the providers they hold to; list them")
+
+    @property
+    def device_index(self) -> int:
+        """The GPU of cuda:N (0 for cuda, the backend's choice and cpu)."""
+        return int(self.device.partition(":")[2] or 0)
+
+
+def largest_batch(num_hypotheses: int, horizon: int, streams: int) -> int:
+    """The largest batch a Forecaster sends through one graph: the head and the depth head
+    see every stream's K x T forecasts and its present frame in one call."""
+    return streams * (num_hypotheses * horizon + 1)
 
 
 def graph_shapes(cfg: ModelConfig) -> dict[str, dict[str, tuple[int | str, ...]]]:
@@ -89,34 +140,15 @@ class Engine(Protocol):
         """features (B, N, C) -> depth in metres on the patch grid (B, 1, h, w)."""
 
 
-def open_engine(
-    model_dir: str | Path,
-    backend: str = "onnxruntime",
-    providers: Sequence[str] | None = None,
-    strict: bool = False,
-    precision: str = "fp32",
-    device: str = "cpu",
-    threads: int | None = None,
-) -> Engine:
-    """An engine on a verified model directory.
+def open_engine(model_dir: str | Path, options: EngineOptions | None = None) -> Engine:
+    """An engine on a verified model directory, set up as `options` say (None: the defaults)."""
+    options = options or EngineOptions()
+    options.validate()
+    if options.backend == "onnxruntime":
+        from .ort_engine import OrtEngine
 
-    onnxruntime: `providers` (default tensorrt, cuda, cpu), `strict`, `precision` fp32|fp16|int8,
-    `threads`. torch: `device` cpu|cuda[:i], `precision` fp32|fp16|bf16 (autocast), `threads`.
-    """
-    if backend == "onnxruntime":
-        from .ort_engine import DEFAULT_PROVIDERS, OrtEngine
+        return OrtEngine(model_dir, options)
+    passive_openmp()
+    from .torch_engine import TorchEngine
 
-        return OrtEngine(model_dir, providers or DEFAULT_PROVIDERS, strict, precision, threads)
-    if backend == "torch":
-        passive_openmp()
-        import torch
-
-        from .torch_engine import PRECISIONS, TorchEngine
-
-        dtypes = {name: dtype for dtype, name in PRECISIONS.items()}
-        if precision not in dtypes:
-            raise ValueError(f"torch precision must be one of {sorted(dtypes)}, got {precision!r}")
-        if threads:
-            torch.set_num_threads(threads)
-        return TorchEngine(model_dir, device=device, dtype=dtypes[precision])
-    raise ValueError(f"backend must be 'onnxruntime' or 'torch', got {backend!r}")
+    return TorchEngine(model_dir, options)

@@ -28,16 +28,21 @@ from typing import Any
 
 import numpy as np
 
+from ..arguments import add_forecast_arguments, size
+from ..errors import DeltaworldError, UsageError
+from ..model.config import PRESETS
+from .forecaster import ForecasterConfig
 from .threads import passive_openmp
 
 MODES = ("eager", "graph", "compile")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="vitb16", help="random weights of a preset")
-    parser.add_argument("--image-size", default="512x512", help="HxW")
-    parser.add_argument("--k", type=int, default=20, help="hypotheses K")
-    parser.add_argument("--t", type=int, default=1, help="horizon T (steps)")
+    parser.add_argument("--preset", default="vitb16", choices=sorted(PRESETS),
+                        help="random weights of a preset (default vitb16)")  # fmt: skip
+    parser.add_argument("--image-size", type=size, help="HxW (default: the preset's)")
+    # the paper's setting: 20 hypotheses, one step
+    add_forecast_arguments(parser, ForecasterConfig(num_hypotheses=20, horizon=1))
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
     parser.add_argument("--modes", default="eager,graph,compile", help=f"of {MODES}")
@@ -249,26 +254,27 @@ def matmul_peak(torch, device, dtype) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
+    k, horizon = args.num_hypotheses, args.horizon
     passive_openmp()
     import torch
 
-    from ..export.cli import with_image_size
     from ..model.config import preset
     from ..model.loading import save_weights
     from ..model.store import write_manifest
     from ..model.world_model import WorldModel
-    from .bench import frame_flops, run_record
+    from .bench import run_record
+    from .flops import frame_flops
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("deltaworld bench-gpu: torch sees no CUDA device (--device cpu?)")
+        raise UsageError("torch sees no CUDA device (--device cpu?)")
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     torch.manual_seed(0)
-    cfg = with_image_size(preset(args.preset), args.image_size)
+    cfg = preset(args.preset, args.image_size)
     model = WorldModel(cfg).eval()
     output_size = (4 * cfg.grid[0], 4 * cfg.grid[1])
     if args.check:
-        check_against_forecaster(model, args.k, args.t, output_size)
+        check_against_forecaster(model, k, horizon, output_size)
     weights = tempfile.TemporaryDirectory(prefix="deltaworld-gpu-")
     if args.deltatok is not None:  # the reference loads the same float32 weights
         save_weights(model, weights.name)
@@ -278,20 +284,20 @@ def run(args: argparse.Namespace) -> int:
         for module in model.modules():
             if isinstance(module, torch.nn.Linear):
                 module.to(dtype)
-    flops = frame_flops(cfg, args.k, args.t, cfg.context_length)
+    flops = frame_flops(cfg, k, horizon, cfg.context_length)
     frame_flop = float(sum(flops.values()))
     peak = matmul_peak(torch, device, dtype)
     floor_ms = frame_flop / peak * 1e3
     rng = np.random.default_rng(0)
     result: dict[str, Any] = {
-        "model": cfg.name, "image_size": list(cfg.image_size), "k": args.k, "t": args.t,
+        "model": cfg.name, "image_size": list(cfg.image_size), "k": k, "t": horizon,
         "precision": args.precision, "device": torch.cuda.get_device_name(device)
         if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "flops_per_frame": flops,
         "matmul_peak_tflop_s": peak / 1e12, "floor_ms": floor_ms, "modes": {},
     }  # fmt: skip
     for mode in [m for m in args.modes.split(",") if m]:
-        step = _warm_step(model, 1, args.k, args.t, output_size, dtype, rng)
+        step = _warm_step(model, 1, k, horizon, output_size, dtype, rng)
         try:
             timing = _run_mode(step, mode, args.steps, args.warmup)
         except Exception as err:  # one failing mode must not cost the others' device time
@@ -311,11 +317,11 @@ def run(args: argparse.Namespace) -> int:
                     result["reference"]["median_ms"] / timing["median_ms"]
                 )
     if args.cameras and args.paced_mode in result["modes"]:
-        step = _warm_step(model, args.cameras, args.k, args.t, output_size, dtype, rng)
+        step = _warm_step(model, args.cameras, k, horizon, output_size, dtype, rng)
         result["paced"] = _paced_run(step, args)
         print(f"paced: {result['paced']}", flush=True)
     result.update(run_record())
-    path = args.json or Path("benchmarks") / f"gpu-{cfg.name}-k{args.k}t{args.t}.json"
+    path = args.json or Path("benchmarks") / f"gpu-{cfg.name}-k{k}t{horizon}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {path}")
@@ -340,18 +346,19 @@ def _paced_run(step: DeviceStep, args: argparse.Namespace) -> dict:
 
 
 def reference_timing(args, cfg, model_dir, device, dtype, output_size) -> dict[str, Any]:
+    k, horizon = args.num_hypotheses, args.horizon
     """The authors' eager modules with the same weights, on the same device and precision."""
     import torch
 
     from .reference import ReferenceForecaster, ReferenceModel
 
-    reference = ReferenceModel(args.deltatok, model_dir, args.k, device=device)
-    forecaster = ReferenceForecaster(reference, args.k, args.t, cfg.frame_interval,
+    reference = ReferenceModel(args.deltatok, model_dir, k, device=device)
+    forecaster = ReferenceForecaster(reference, k, horizon, cfg.frame_interval,
                                      cfg.context_length, output_size)  # fmt: skip
     rng = np.random.default_rng(1)
     h, w = cfg.image_size
     frame = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-    queries = (rng.standard_normal((args.t, args.k, cfg.predictor.hidden_size)) * 0.02).astype(
+    queries = (rng.standard_normal((horizon, k, cfg.predictor.hidden_size)) * 0.02).astype(
         np.float32
     )
     times = []
@@ -372,7 +379,7 @@ def check_against_forecaster(model, k: int, horizon: int, output_size) -> None:
     frames and queries; run on the CPU before any timing."""
     import torch
 
-    from .forecaster import Forecaster, ForecasterConfig, FrameInput, StreamOverrides
+    from .forecaster import Forecaster, FrameInput, StreamOverrides
     from .torch_engine import TorchEngine
 
     cfg = model.cfg
@@ -398,6 +405,7 @@ def check_against_forecaster(model, k: int, horizon: int, output_size) -> None:
     got = maps[0].numpy()
     same = float((got == expected.classes[np.argsort(expected.order)]).mean())
     if same < 0.999:
-        raise SystemExit(f"deltaworld bench-gpu: the device step agrees with the Forecaster on "
-                         f"only {same:.2%} of class pixels")  # fmt: skip
+        raise DeltaworldError(
+            f"the device step agrees with the Forecaster on only {same:.2%} of class pixels"
+        )
     print(f"check: device step = Forecaster on {same:.2%} of class pixels", flush=True)

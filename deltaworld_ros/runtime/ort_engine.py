@@ -10,7 +10,6 @@ was asked to.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +17,19 @@ import numpy as np
 import onnxruntime as ort
 from safetensors import safe_open
 
+from ..errors import UsageError
+from ..model.config import ModelConfig
 from ..model.store import ModelDirError, read_manifest, weight_path
-from .engine import GRAPHS, INPUTS, OPTIONAL_GRAPHS, OUTPUTS, graph_file, graph_shapes
-from .providers import provider_problem
+from .engine import (
+    GRAPHS,
+    INPUTS,
+    OPTIONAL_GRAPHS,
+    OUTPUTS,
+    EngineOptions,
+    graph_file,
+    graph_shapes,
+)
+from .providers import GPU_PROVIDERS, provider_problem
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +41,7 @@ PROVIDERS = {
 DEFAULT_PROVIDERS = ("tensorrt", "cuda", "cpu")
 
 
-class ProviderError(RuntimeError):
+class ProviderError(UsageError):
     """A requested execution provider that is not available or did not initialise."""
 
 
@@ -41,7 +50,7 @@ def provider_name(name: str) -> str:
     if name.endswith("ExecutionProvider"):
         return name
     if name.lower() not in PROVIDERS:
-        raise ValueError(
+        raise UsageError(
             f"unknown execution provider {name!r}; use one of {sorted(PROVIDERS)} "
             "or a full ONNX Runtime name such as 'CUDAExecutionProvider'"
         )
@@ -53,24 +62,20 @@ class OrtEngine:
 
     backend = "onnxruntime"
 
-    def __init__(
-        self,
-        model_dir: str | Path,
-        providers: Sequence[str] = DEFAULT_PROVIDERS,
-        strict: bool = False,
-        precision: str = "fp32",
-        threads: int | None = None,
-        device_id: int = 0,
-        max_batch: int = 64,
-    ) -> None:
-        if precision not in ("fp32", "fp16", "int8"):
-            raise ValueError(f"precision must be 'fp32', 'fp16' or 'int8', got {precision!r}")
+    def __init__(self, model_dir: str | Path, options: EngineOptions | None = None) -> None:
+        options = options or EngineOptions()
+        options.validate()
+        if options.backend != self.backend:
+            raise UsageError(f"OrtEngine runs the onnxruntime backend, not {options.backend!r}")
         manifest = read_manifest(model_dir, verify=True)  # every file matches its sha256
         self.config = manifest.config
-        self.precision = precision
+        self.precision = precision = options.precision
         self.model_dir = manifest.directory
-        requested = [provider_name(p) for p in providers]
-        self.skipped = {p: why for p in requested if (why := provider_problem(p)) is not None}
+        strict = options.strict_providers
+        requested = requested_providers(options)
+        self.skipped = {
+            p: why for p in requested if (why := provider_problem(p, options.device_index))
+        }
         if self.skipped and strict:
             raise ProviderError(
                 "execution provider(s) requested with strict=True cannot run here: "
@@ -78,7 +83,8 @@ class OrtEngine:
                 + f" (onnxruntime {ort.__version__} lists {ort.get_available_providers()})"
             )
         wanted = [p for p in requested if p not in self.skipped] or ["CPUExecutionProvider"]
-        self.placement = f"onnxruntime {ort.__version__} on {wanted[0]}" + "".join(
+        gpu = f" (GPU {options.device_index})" if wanted[0] in GPU_PROVIDERS else ""
+        self.placement = f"onnxruntime {ort.__version__} on {wanted[0]}{gpu}" + "".join(
             f"; skipped {p}: {why}" for p, why in self.skipped.items()
         )
         log.info(self.placement)
@@ -96,12 +102,14 @@ class OrtEngine:
                     f"{self.model_dir} has no {relative} in its manifest; export the graphs "
                     f"with `deltaworld export --model-dir {self.model_dir}{hint}`"
                 )
-            options = session_options(threads)
-            provider_options = [self._provider_options(p, graph, device_id, max_batch)
-                                for p in wanted]  # fmt: skip
             path = manifest.path(relative)
             try:
-                session = ort.InferenceSession(str(path), options, wanted, provider_options)
+                session = ort.InferenceSession(
+                    str(path),
+                    session_options(options.threads),
+                    wanted,
+                    [provider_options(p, options, self.config, graph) for p in wanted],
+                )
             except Exception as err:  # onnxruntime's errors derive from Exception only
                 raise ModelDirError(
                     f"{path} is not a graph onnxruntime can load ({type(err).__name__}: "
@@ -124,23 +132,6 @@ class OrtEngine:
             self.files[graph] = relative
             log.info("%s: %s on %s (%s)", graph, relative, got[0], precision)
         self.learned_query = self._learned_query()
-
-    def _provider_options(
-        self, provider: str, graph: str, device_id: int, max_batch: int
-    ) -> dict[str, Any]:
-        if provider == "CUDAExecutionProvider":
-            return {"device_id": device_id}
-        if provider == "TensorrtExecutionProvider":
-            cache = Path.home() / ".cache" / "deltaworld" / "tensorrt"
-            cache.mkdir(parents=True, exist_ok=True)
-            return {
-                "device_id": device_id,
-                "trt_fp16_enable": self.precision == "fp16",
-                "trt_engine_cache_enable": True,
-                "trt_engine_cache_path": str(cache),
-                **_trt_profiles(self.config, graph, max_batch),
-            }
-        return {}
 
     def _learned_query(self) -> np.ndarray | None:
         """The deterministic baseline's query q_embed (D,), read from weights/world."""
@@ -186,6 +177,40 @@ class OrtEngine:
         return self._run("depth", y)
 
 
+def requested_providers(options: EngineOptions) -> list[str]:
+    """The providers to try, in order, by their ONNX Runtime names: those listed, else
+    tensorrt, cuda, cpu (cpu alone on device cpu). UsageError for an unknown name or a GPU
+    provider on device cpu."""
+    default = ("cpu",) if options.device == "cpu" else DEFAULT_PROVIDERS
+    requested = [provider_name(p) for p in options.providers or default]
+    if options.device == "cpu" and (gpu := [p for p in requested if p in GPU_PROVIDERS]):
+        raise UsageError(
+            f"device cpu but providers {gpu} run on a GPU: drop them, or set the device to "
+            "cuda or cuda:<index>"
+        )
+    return requested
+
+
+def provider_options(
+    provider: str, options: EngineOptions, config: ModelConfig, graph: str
+) -> dict[str, Any]:
+    """One provider's options for a graph's session: the GPU of the device (cuda:N), and
+    TensorRT's precision, engine cache and shape profiles up to options.max_batch."""
+    if provider == "CUDAExecutionProvider":
+        return {"device_id": options.device_index}
+    if provider == "TensorrtExecutionProvider":
+        cache = Path.home() / ".cache" / "deltaworld" / "tensorrt"
+        cache.mkdir(parents=True, exist_ok=True)
+        return {
+            "device_id": options.device_index,
+            "trt_fp16_enable": options.precision == "fp16",
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(cache),
+            **_trt_profiles(config, graph, options.max_batch),
+        }
+    return {}
+
+
 def session_options(threads: int | None) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -198,7 +223,9 @@ def session_options(threads: int | None) -> ort.SessionOptions:
     return options
 
 
-def check_interface(session: ort.InferenceSession, graph: str, config, path: Path) -> None:
+def check_interface(
+    session: ort.InferenceSession, graph: str, config: ModelConfig, path: Path
+) -> None:
     """The graph's inputs and output must be those the engine feeds and reads, of the sizes
     the manifest's config implies; ModelDirError naming the file and the tensor otherwise."""
     expected = graph_shapes(config)[graph]
@@ -222,7 +249,7 @@ def check_interface(session: ort.InferenceSession, graph: str, config, path: Pat
             )
 
 
-def _trt_profiles(cfg, graph: str, max_batch: int) -> dict[str, str]:
+def _trt_profiles(cfg: ModelConfig, graph: str, max_batch: int) -> dict[str, str]:
     """TensorRT shape profiles (min/opt/max) so a new batch or context size reuses the engine
     instead of rebuilding it; batch up to max_batch, context up to 4 x the model's."""
     ctx = cfg.context_length

@@ -42,8 +42,8 @@ def load_pip_cuda_libraries() -> str:
 
 
 @cache
-def cuda_device_problem() -> str | None:
-    """None if the NVIDIA driver sees a GPU, else why not."""
+def cuda_device_problem(device_id: int = 0) -> str | None:
+    """None if the NVIDIA driver sees GPU `device_id`, else why not."""
     try:
         driver = ctypes.CDLL("libcuda.so.1")
     except OSError:
@@ -54,18 +54,21 @@ def cuda_device_problem() -> str | None:
         return f"the NVIDIA driver did not initialise (cuInit error {status})"
     if driver.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value == 0:
         return "the NVIDIA driver sees no GPU"
+    if device_id >= count.value:
+        return f"GPU {device_id} asked for, the NVIDIA driver sees {count.value} GPU(s)"
     return None
 
 
 @cache
-def provider_problem(provider: str) -> str | None:
-    """None if `provider` can run here, else one short reason; no session is created."""
+def provider_problem(provider: str, device_id: int = 0) -> str | None:
+    """None if `provider` can run here (a GPU provider: on GPU `device_id`), else one short
+    reason; no session is created."""
     if provider not in ort.get_available_providers():
         return f"not in this onnxruntime build ({ort.get_device()} {ort.__version__})"
     library = GPU_PROVIDERS.get(provider)
     if library is None:
         return None
-    problem = cuda_device_problem()
+    problem = cuda_device_problem(device_id)
     if problem is not None:
         return problem
     load_pip_cuda_libraries()

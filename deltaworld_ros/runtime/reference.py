@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UsageError
 from ..model.config import ModelConfig
 from ..model.store import read_manifest, weight_path
 
@@ -37,7 +38,7 @@ NEEDS = (
 )
 
 
-class ReferenceError(RuntimeError):
+class ReferenceError(UsageError):
     """The checkout or its dependencies cannot be used."""
 
 

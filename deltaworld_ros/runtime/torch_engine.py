@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import UsageError
 from ..model.store import load_model
 from ..model.world_model import WorldModel
-from .engine import GRAPHS
+from .engine import GRAPHS, EngineOptions
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class TorchEngine:
@@ -29,24 +30,32 @@ class TorchEngine:
     def __init__(
         self,
         model: str | Path | WorldModel,
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype = torch.float32,
+        options: EngineOptions | None = None,  # None: the defaults, on the torch backend
     ) -> None:
-        if dtype not in PRECISIONS:
-            raise ValueError(f"dtype must be one of {list(PRECISIONS)}, got {dtype}")
-        device = torch.device(device)
+        options = options or EngineOptions(backend="torch")
+        options.validate()
+        if options.backend != self.backend:
+            raise UsageError(f"TorchEngine runs the torch backend, not {options.backend!r}")
+        device = torch.device(options.device or "cpu")
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(
+            raise UsageError(
                 f"device {device} requested but torch {torch.__version__} sees no CUDA device; "
-                "use device='cpu' or install the CUDA build of torch"
+                "use device cpu or install the CUDA build of torch"
             )
+        if device.type == "cuda" and options.device_index >= torch.cuda.device_count():
+            raise UsageError(
+                f"device {device} requested but torch sees {torch.cuda.device_count()} GPU(s)"
+            )
+        if options.threads:
+            torch.set_num_threads(options.threads)
+        dtype = DTYPES[options.precision]
         if not isinstance(model, WorldModel):
             model = load_model(model)
         self.model = model.eval().to(device)
         self.config = model.cfg
         self.device = device
         self.dtype = dtype
-        self.precision = PRECISIONS[dtype]
+        self.precision = options.precision
         graphs = [g for g in GRAPHS if g != "depth" or model.depth_head is not None]
         self.providers = {g: f"torch:{device}" for g in graphs}
         q_embed = model.world.q_embed

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import re
 import time
 from pathlib import Path
 
 from tqdm import tqdm
 
+from deltaworld_ros.arguments import at_least, size
+from deltaworld_ros.errors import UsageError
 from deltaworld_ros.io.bags import ImageBagWriter
 
 from .config import WorldConfig
@@ -17,21 +18,16 @@ from .world import StreetWorld
 DEFAULT_START_S = 1_767_225_600  # 2026-01-01T00:00:00Z: header stamps look like a real recording
 
 
-def _size(text: str) -> tuple[int, int]:
-    match = re.fullmatch(r"(\d+)x(\d+)", text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"size must look like HxW (e.g. 96x96), got {text!r}")
-    return int(match.group(1)), int(match.group(2))
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="bag directory to create")
-    parser.add_argument("--frames", type=int, default=300, help="frames to write (default 300)")
+    parser.add_argument(
+        "--frames", type=at_least(1), default=300, help="frames to write (default 300)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="world seed (layout, agents, noise)")
     parser.add_argument("--camera", choices=("static", "vehicle"), default="static")
     parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
     parser.add_argument(
-        "--size", type=_size, default=(96, 96), help="HxW (default 96x96, the small model's)"
+        "--size", type=size, default=(96, 96), help="HxW (default 96x96, the small model's)"
     )
     parser.add_argument("--fps", type=float, default=10.0, help="nominal frame rate (default 10)")
     parser.add_argument("--image-topic", default="/camera/image_raw")
@@ -51,8 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.frames <= 0:
-        raise SystemExit(f"--frames must be > 0, got {args.frames}")
+    if args.out.exists():
+        raise UsageError(f"--out {args.out} exists already; choose a new bag path or delete it")
     height, width = args.size
     config = WorldConfig(height=height, width=width, camera=args.camera, fps=args.fps)
     world = StreetWorld(config, args.seed)

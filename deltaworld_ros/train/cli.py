@@ -35,6 +35,9 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from ..arguments import size
+from ..cli import run_command
+from ..errors import DeltaworldError, UsageError
 from ..model.config import HeadConfig, ModelConfig, preset
 from ..model.deltaworld import DeltaWorld
 from ..model.loading import load_module_file, save_weights
@@ -76,24 +79,20 @@ DEFAULTS: dict[str, StageSettings] = {
 
 
 def _stage_values(text: str, kind: type) -> dict[str, Any]:
-    """'backbone=100,world=50' or '50' (every stage) -> {stage: value}."""
+    """'backbone=100,world=50' or '50' (every stage) -> {stage: value}; UsageError otherwise."""
     out: dict[str, Any] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
-        if "=" in part:
-            name, value = part.split("=", 1)
-            if name not in st.STAGES:
-                raise argparse.ArgumentTypeError(
-                    f"unknown stage {name!r}; stages: {', '.join(st.STAGES)}"
-                )
-            out[name] = kind(value)
-        else:
-            out.update({name: kind(part) for name in st.STAGES})
+        name, given, value = part.partition("=")
+        stages = [name] if given else list(st.STAGES)
+        if given and name not in st.STAGES:
+            raise UsageError(f"unknown stage {name!r} in {text!r}; stages: {', '.join(st.STAGES)}")
+        try:
+            parsed = kind(value if given else part)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise UsageError(f"{part!r} in {text!r}: not {what}") from None
+        out.update(dict.fromkeys(stages, parsed))
     return out
-
-
-def _size(text: str) -> tuple[int, int]:
-    h, _, w = text.lower().partition("x")
-    return int(h), int(w or h)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -159,7 +158,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model")
     model.add_argument("--preset", default="small", help="size preset (default small)")
     model.add_argument(
-        "--image-size", type=_size, help="HxW the networks run at (default: preset's)"
+        "--image-size", type=size, help="HxW the networks run at (default: preset's)"
     )
     model.add_argument(
         "--init-model",
@@ -228,7 +227,7 @@ def _load_data(args: argparse.Namespace, cfg: ModelConfig, dist: Distributed) ->
     progress = not args.no_progress and dist.main
     if args.bag:
         if not args.image_topic:
-            raise SystemExit("--bag needs --image-topic")
+            raise UsageError("--bag needs --image-topic")
         return bag_store(
             args.bag,
             args.image_topic,
@@ -249,7 +248,7 @@ def _load_data(args: argparse.Namespace, cfg: ModelConfig, dist: Distributed) ->
         world=WorldConfig(height=h, width=w),
     )
     if args.frame_interval and abs(args.frame_interval - spec.frame_interval) > 1e-9:
-        raise SystemExit(
+        raise UsageError(
             f"--frame-interval {args.frame_interval} s disagrees with the synth world's "
             f"{spec.stride} ticks / {spec.world.fps} fps = {spec.frame_interval} s; set --stride"
         )
@@ -260,13 +259,11 @@ def _model_config(args: argparse.Namespace) -> tuple[ModelConfig, Path | None]:
     if args.init_model:
         cfg = read_manifest(args.init_model).config
         if args.image_size and tuple(args.image_size) != cfg.image_size:
-            raise SystemExit(
+            raise UsageError(
                 f"--image-size {args.image_size} differs from {args.init_model}'s {cfg.image_size}"
             )
         return cfg, args.init_model
-    cfg = preset(args.preset)
-    if args.image_size:
-        cfg = replace(cfg, image_size=tuple(args.image_size))
+    cfg = preset(args.preset, args.image_size)
     if args.bag and args.class_names:
         names = tuple(n.strip() for n in args.class_names.split(","))
         from ..model.config import generic_classes
@@ -289,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
     requested = [s.strip() for s in (args.stages or ",".join(st.STAGES)).split(",") if s.strip()]
     unknown = sorted(set(requested) - set(st.STAGES))
     if unknown:
-        raise SystemExit(f"unknown stages {unknown}; choose from {', '.join(st.STAGES)}")
+        raise UsageError(f"unknown stages {unknown}; choose from {', '.join(st.STAGES)}")
     settings = _settings(args)
     if args.fresh and dist.main:
         for name in st.STAGES:
@@ -340,23 +337,23 @@ def run(args: argparse.Namespace) -> int:
                 trained[name] = True
             continue
         if name == st.DEPTH_STAGE and store.depth is None:
-            raise SystemExit(
+            raise UsageError(
                 f"stage {name} needs depth, which the synth world renders and "
                 f"{store.source['kind']} data lacks; leave it out of --stages"
             )
         if name in ("seg_head", st.DEPTH_STAGE, "tokenizer") and not trained["backbone"]:
-            raise SystemExit(
+            raise UsageError(
                 f"stage {name} needs a trained backbone: run the backbone stage "
                 f"or pass --init-model DIR"
             )
         if name in ("world", "baseline") and not trained["tokenizer"]:
-            raise SystemExit(
+            raise UsageError(
                 f"stage {name} needs a trained tokenizer: run the tokenizer stage "
                 f"or pass --init-model DIR"
             )
         if name in st.LABEL_STAGES and weights is None:
             if store.labels is None:
-                raise SystemExit(
+                raise UsageError(
                     f"stage {name} needs labels; give --label-topic, or leave it out "
                     f"with --stages and --init-model"
                 )
@@ -427,8 +424,8 @@ def _check_tokenizer(
     ignored = {g: p.reliance for g, p in pooled.items() if p.reliance < minimum}
     if ignored:
         what = ", ".join(f"{g} {r:.2f}" for g, r in ignored.items())
-        raise SystemExit(
-            f"deltaworld train: the tokenizer ignores its delta token (token reliance {what}; "
+        raise DeltaworldError(
+            f"the tokenizer ignores its delta token (token reliance {what}; "
             f"needs >= {minimum}): a pair decodes as well with another frame's token as with "
             "its own, so forecasts cannot differ. Train the tokenizer longer (--steps "
             "tokenizer=N --fresh), check that consecutive kept frames really change "
@@ -537,6 +534,5 @@ def _write_model_dir(args, cfg, model, baseline, store, results, data_seconds) -
 if (
     __name__ == "__main__"
 ):  # torchrun entry: python -m torch.distributed.run ... -m deltaworld_ros.train.cli
-    parser = argparse.ArgumentParser(prog="deltaworld train", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    sys.exit(run(parser.parse_args()))
+    description = __doc__.splitlines()[0]
+    sys.exit(run_command("deltaworld train", description, sys.modules[__name__], sys.argv[1:]))
