@@ -298,11 +298,13 @@ def test_compressed_images_are_scored_against_labels(tiny_model_dir, tmp_path):
     bag = synth_bag(tmp_path / "compressed", 10, "--compressed", "--storage", "sqlite3")
     out = tmp_path / "report"
     args = ["--bag", str(bag), "--image-topic", IMAGE, "--model-dir", str(tiny_model_dir)]
-    assert run_eval(*args, "--num-hypotheses", "2", "--horizon", "2", "--out", str(out)) == 0
+    args += ["--num-hypotheses", "2", "--horizon", "2", "--examples", "0", "--out", str(out)]
+    assert run_eval(*args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["target"]["kind"] == "labels"
     assert metrics["frames"]["undecodable"] == 0
     assert metrics["class_maps"]["steps"][0]["scored"] > 0
+    assert not list(out.glob("example_*.png"))  # --examples 0: a report without mosaics
 
 
 def test_a_bag_from_a_video_is_scored_against_pseudo_labels(tiny_model_dir, tmp_path, capsys):

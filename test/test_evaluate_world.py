@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 from test_eval import ignore_the_token
 
@@ -79,7 +80,7 @@ def evaluate(tmp_path, model_dir, *extra: str) -> int:
     return evaluate_world.run(args)
 
 
-def test_evaluate_world_writes_the_table_metrics_and_figure(tiny_model_dir, tmp_path):
+def test_evaluate_world_writes_the_table_and_metrics(tiny_model_dir, tmp_path):
     assert evaluate(tmp_path, tiny_model_dir, "--seed-sets", "2") == 0
     table = (tmp_path / "table.md").read_text()
     for label in world_results.METHOD_LABELS.values():
@@ -105,6 +106,21 @@ def test_evaluate_world_writes_the_table_metrics_and_figure(tiny_model_dir, tmp_
     assert len(rows["token reliance, vehicle camera"]["values"]) == 2
     assert metrics["all_targets_met"] is False  # random weights: the oracle is far below 70
     assert rows["seg head on the true features, mIoU"]["passed"] is False
+    branched = sum(c["branched_cases"] for s in metrics["seed_sets"] for c in s["cameras"])
+    assert (tmp_path / "figure.png").exists() == (branched > 0)  # drawn when a case branched
+
+
+def test_evaluate_world_draws_the_branched_case_its_hypotheses_disagree_most_on(
+    tiny_model_dir, tmp_path
+):
+    """Longer worlds: agents reach their branching points, and the figure shows one."""
+    args = ("--seed-sets", "1", "--sequences", "4", "--frames", "30")
+    assert evaluate(tmp_path, tiny_model_dir, *args) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    (seed_set,) = metrics["seed_sets"]
+    assert {c["camera"]: c for c in seed_set["cameras"]}["all"]["branched_cases"] > 0
+    with Image.open(tmp_path / "figure.png") as figure:
+        assert figure.format == "PNG" and min(figure.size) > 100
 
 
 def tokenless_copy(model_dir, out_dir):

@@ -213,8 +213,11 @@ def test_outputs_have_the_documented_types_shapes_and_headers(tmp_path, domain, 
     } <= set(engine)
     stages = ("node: convert", "node: pack", "node: publish", "forecaster: total",
               "forecaster: encode ahead")  # fmt: skip
-    for stage in stages:
-        assert float(engine[f"{stage} mean ms"]) >= 0
+    for stage in stages:  # the period's samples: each mean and p95 within its max
+        mean, p95, most = (float(engine[f"{stage} {s} ms"]) for s in ("mean", "p95", "max"))
+        assert 0 <= mean <= most and p95 <= most, stage
+    total, backbone = (float(engine[f"forecaster: {s} mean ms"]) for s in ("total", "backbone"))
+    assert total >= backbone > 0  # the same forecasts: the backbone is part of each one's total
     assert float(cam["input rate (Hz)"]) > 0 and int(cam["forecasts published"]) >= 3
 
 
