@@ -77,12 +77,42 @@ def stage_parts(name: str, setup, batch: int = 4):
             st.feature_depth_sampler(store, features, batch),
         )
     if name == "tokenizer":
-        return st.TokenizerStage(model.tokenizer), st.pair_sampler(store, features, black, batch)
+        return tokenizer_parts(model, cfg, store, features, black, weights, batch)
     world = model.world if name == "world" else cli._baseline(cfg)
     if name == "baseline":
         torch.manual_seed(2)
         st.init_weights(world)
     return st.WorldStage(world, 8), st.sequence_sampler(store, tokens, 5, batch)
+
+
+def tokenizer_parts(model, cfg, store, features, black, weights, batch):
+    """The tokenizer stage as the command builds it: the frozen seg head's term and rollouts."""
+    stage = st.TokenizerStage(
+        model.tokenizer,
+        segment=st.frozen_segmenter(model.seg_head, cfg.grid),
+        class_weights=weights,
+    )
+    return stage, st.pair_sampler(store, features, black, batch, rollout_clips=2)
+
+
+def test_tokenizer_rollouts_are_consecutive_frames_and_the_head_stays_frozen(setup, tmp_path):
+    cfg, store, model, features, black, _ = setup
+    model = copy.deepcopy(model)
+    weights = st.class_weights(store.labels, cfg.head.num_classes)
+    stage, sample = tokenizer_parts(model, cfg, store, features, black, weights, batch=4)
+    *_, rollouts = sample(torch.Generator().manual_seed(0))
+    assert rollouts.shape == (2, 4, *features.shape[1:])
+    for run in rollouts:  # S + 1 consecutive kept frames of one clip
+        index = [int(torch.nonzero((features == f).all(-1).all(-1))[0]) for f in run]
+        rows = [r for r in store.clips if set(index) <= set(r.tolist())]
+        assert rows and np.diff([rows[0].tolist().index(i) for i in index]).tolist() == [1, 1, 1]
+    head = copy.deepcopy(model.seg_head.state_dict())
+    tok = copy.deepcopy(model.tokenizer.state_dict())
+    settings = StageSettings(steps=2, batch_size=4, lr=1e-3, warmup=1)
+    train_stage("tokenizer", stage, sample, settings, tmp_path, progress=False)
+    assert all(torch.equal(v, model.seg_head.state_dict()[k]) for k, v in head.items())
+    assert not all(torch.equal(v, model.tokenizer.state_dict()[k]) for k, v in tok.items())
+    assert not model.seg_head.training  # BatchNorm statistics untouched
 
 
 def losses(log: Path) -> list[tuple[int, float]]:

@@ -321,7 +321,8 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    trained = {"backbone": init_dir is not None, "tokenizer": init_dir is not None}
+    loaded = init_dir is not None
+    trained = {"backbone": loaded, "seg_head": loaded, "tokenizer": loaded}
     results: dict[str, dict[str, Any]] = {}
     features = tokens = black = None
     seq_len = cfg.context_length + args.horizon
@@ -351,6 +352,8 @@ def run(args: argparse.Namespace) -> int:
                 f"stage {name} needs a trained tokenizer: run the tokenizer stage "
                 f"or pass --init-model DIR"
             )
+        if name == "tokenizer" and weights is None and store.labels is not None:
+            weights = st.class_weights(store.labels, cfg.head.num_classes)
         if name in st.LABEL_STAGES and weights is None:
             if store.labels is None:
                 raise UsageError(
@@ -364,7 +367,19 @@ def run(args: argparse.Namespace) -> int:
         if name in ("world", "baseline") and tokens is None:
             tokens = st.compute_tokens(model.tokenizer, features, black, store.prev)
         module, sample = _stage(
-            name, model, baseline, cfg, store, s, features, tokens, black, weights, args, seq_len
+            name,
+            model,
+            baseline,
+            cfg,
+            store,
+            s,
+            features,
+            tokens,
+            black,
+            weights,
+            args,
+            seq_len,
+            trained["seg_head"],
         )
         result = train_stage(
             name,
@@ -434,8 +449,11 @@ def _check_tokenizer(
     return {group: p.as_dict() for group, p in pooled.items()}
 
 
-def _stage(name, model, baseline, cfg, store, s, features, tokens, black, weights, args, seq_len):
-    """The stage module and its batch sampler."""
+def _stage(
+    name, model, baseline, cfg, store, s, features, tokens, black, weights, args, seq_len, head
+):
+    """The stage module and its batch sampler; `head`: the seg head is trained (the tokenizer
+    learns to decode features it segments as the truth)."""
     if name == "backbone":
         return (
             st.BackboneStage(model.backbone, cfg.head.num_classes, weights),
@@ -457,8 +475,13 @@ def _stage(name, model, baseline, cfg, store, s, features, tokens, black, weight
             change_weight=2.0,
             encoder_warmup_steps=int(0.12 * s.steps),
             token_bias_steps=int(0.28 * s.steps),
+            segment=st.frozen_segmenter(model.seg_head, cfg.grid) if head else None,
+            class_weights=weights,
         )
-        return stage, st.pair_sampler(store, features, black, s.batch_size)
+        sampler = st.pair_sampler(
+            store, features, black, s.batch_size, rollout_clips=s.batch_size // 4
+        )
+        return stage, sampler
     world = model.world if name == "world" else baseline
     return (
         st.WorldStage(world, args.candidates),

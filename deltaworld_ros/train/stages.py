@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -147,6 +148,13 @@ class TokenizerStage(nn.Module):
     - a curriculum: the encoder and that head train alone first, then the decoder attends to
       the token with an extra logit bias that fades out (see token_bias);
     - no RoPE rescale augmentation (it costs a small model its positions).
+    What makes the decoded features forecasts the head can read:
+    - `segment` (the frozen seg head, grid logits): decoded features must segment as the true
+      ones do (cross-entropy against the head's own classes of y_cur, so no labels are needed);
+      the feature loss alone is met by a blur that the head reads as background;
+    - rollouts: short chains of consecutive frames decoded on the decoder's own output with the
+      true tokens, as a forecast is rolled out; trained on its single-step inputs only, the
+      decoder drifts from its second step on.
     Batches come as pairs of pairs of one stream (2i, 2i + 1), so token reliance (error with
     the other pair's token / own error) is logged on them at every step.
     """
@@ -157,10 +165,17 @@ class TokenizerStage(nn.Module):
         change_weight: float = 0.5,
         token_bias_steps: int = 0,
         encoder_warmup_steps: int = 0,
+        segment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        class_weights: torch.Tensor | None = None,
+        segment_weight: float = 1.0,
     ) -> None:
         super().__init__()
         self.tokenizer = tokenizer
         self.change_weight = change_weight
+        # a plain callable, not a submodule: the head stays frozen, in eval mode, unsaved
+        self.segment = segment
+        self.segment_weight = segment_weight
+        self.register_buffer("class_weights", class_weights, persistent=False)
         # the decoder's attention bias towards the token: log(N) (the token weighs as much as
         # all patches together) at the start, linearly down to 0 after token_bias_steps
         self.token_bias_steps = token_bias_steps
@@ -179,16 +194,40 @@ class TokenizerStage(nn.Module):
         start = math.log(self.tokenizer.grid[0] * self.tokenizer.grid[1])
         return start * (1 - max(step, 0) / self.token_bias_steps)
 
-    def forward(self, y_prev: torch.Tensor, y_cur: torch.Tensor, delta: torch.Tensor):
-        """delta (B,) bool: the pair is two frames of a stream (not an anchor nor identity)."""
+    def _decoding_loss(self, y_hat: torch.Tensor, y_prev: torch.Tensor, y_cur: torch.Tensor):
+        """Log-cosh of the decoded features normalised per pair by that pair's change (identity
+        pairs against the batch's typical change), plus the segmentation term; (B, N, C) each."""
+        error = log_cosh(y_hat - y_cur, dim=(-2, -1))  # (B,)
+        copy = log_cosh(y_prev - y_cur, dim=(-2, -1)).detach()
+        loss = (error / (copy + 0.1 * copy.mean() + 1e-6)).mean()
+        if self.segment is None:
+            return loss, torch.zeros(())
+        with torch.no_grad():
+            classes = self.segment(y_cur).argmax(1)  # (B, h, w) what the head sees in the truth
+        segmentation = F.cross_entropy(self.segment(y_hat), classes, weight=self.class_weights)
+        return loss + self.segment_weight * segmentation, segmentation.detach()
+
+    def forward(
+        self,
+        y_prev: torch.Tensor,
+        y_cur: torch.Tensor,
+        delta: torch.Tensor,
+        rollouts: torch.Tensor | None = None,
+    ):
+        """delta (B,) bool: the pair is two frames of a stream (not an anchor nor identity);
+        rollouts (R, S + 1, N, C): consecutive frames of R clips, decoded S steps on the
+        decoder's own output (gradient through each step's decoder, not across steps)."""
         tok = self.tokenizer
         bias = self.token_bias()
         z = tok.encode(y_prev, y_cur)
         y_hat = tok.decode(z, y_prev, token_bias=bias)
-        error = log_cosh(y_hat - y_cur, dim=(-2, -1))  # (B,)
-        copy = log_cosh(y_prev - y_cur, dim=(-2, -1)).detach()
-        # identity pairs (no change) are weighed against the batch's typical change
-        reconstruction = (error / (copy + 0.1 * copy.mean() + 1e-6)).mean()
+        reconstruction, segmentation = self._decoding_loss(y_hat, y_prev, y_cur)
+        if rollouts is not None:
+            x, steps = rollouts[:, 0], rollouts.shape[1] - 1
+            for step in range(1, steps + 1):
+                prev, cur = rollouts[:, step - 1], rollouts[:, step]
+                x = tok.decode(tok.encode(prev, cur), x.detach(), token_bias=bias)
+                reconstruction = reconstruction + self._decoding_loss(x, prev, cur)[0] / steps
         change = (y_cur - y_prev).square().mean(-1)  # (B, N)
         target = torch.log1p(change / change.mean().clamp_min(1e-6))
         change_loss = F.mse_loss(self.change_head(z[:, 0]), target)
@@ -204,6 +243,7 @@ class TokenizerStage(nn.Module):
                 "explained": 1 - own.mean() / (y_prev - y_cur).square().mean().clamp_min(1e-12),
                 "token_reliance": swapped.square().mean() / own[both].mean().clamp_min(1e-12),
                 "change_loss": change_loss.detach(),
+                "segmentation": segmentation,
                 "token_bias": torch.tensor(bias),
             }
         if self.training:
@@ -226,6 +266,15 @@ class WorldStage(nn.Module):
         # how much better the kept candidate is than an average one
         gain = out.candidate_losses.mean(-1) - out.candidate_losses.min(-1).values
         return out.loss, {"best_of_many_gain": gain.mean()}
+
+
+def frozen_segmenter(
+    head: SegHead, grid: tuple[int, int]
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The trained seg head as a fixed map features (B, N, C) -> logits (B, classes, h, w) on
+    the patch grid, for the tokenizer's segmentation term (gradient to the features only)."""
+    head.eval().requires_grad_(False)
+    return lambda features: head(features, grid, grid)
 
 
 # ---------------------------------------------------------------------------- frozen caches
@@ -345,14 +394,18 @@ def pair_sampler(
     max_stride: int = 3,
     anchor_fraction: float = 0.05,
     identity_fraction: float = 0.1,
+    rollout_clips: int = 0,
+    rollout_steps: int = 3,
 ):
     """(y_prev, y_cur) of one clip, `stride` kept frames apart: 1 (the model's frame interval)
     for half the pairs, else uniform in 1..max_stride (dropped frames, other rates). Pairs
     2i and 2i + 1 come from the same clip (for the token reliance metric). A small share starts
     from the black frame instead (the anchor of every context), another share repeats the
-    current frame (no change must decode to no change)."""
+    current frame (no change must decode to no change). With `rollout_clips`, each batch also
+    holds that many runs of rollout_steps + 1 consecutive frames of one clip (R, S + 1, N, C)."""
     m, t = store.clips.shape
     max_stride = max(1, min(max_stride, t - 1))
+    rollout_steps = min(rollout_steps, t - 1)
     if batch_size < 2 or batch_size % 2:
         raise ValueError(f"the tokenizer's batch size must be even and >= 2, got {batch_size}")
 
@@ -368,7 +421,13 @@ def pair_sampler(
         prev[kind < anchor_fraction] = black[0]
         identity = (kind >= anchor_fraction) & (kind < anchor_fraction + identity_fraction)
         prev[identity] = cur[identity]
-        return prev, cur, kind >= anchor_fraction + identity_fraction
+        pairs = prev, cur, kind >= anchor_fraction + identity_fraction
+        if not rollout_clips:
+            return pairs
+        clip = _randint(generator, m, rollout_clips)
+        start = _randint(generator, t - rollout_steps, rollout_clips)
+        frames = store.clips[clip[:, None], start[:, None] + np.arange(rollout_steps + 1)]
+        return *pairs, features[torch.from_numpy(frames)]
 
     return sample
 
