@@ -379,7 +379,7 @@ def run(args: argparse.Namespace) -> int:
             weights,
             args,
             seq_len,
-            trained["seg_head"],
+            trained,
         )
         result = train_stage(
             name,
@@ -450,10 +450,11 @@ def _check_tokenizer(
 
 
 def _stage(
-    name, model, baseline, cfg, store, s, features, tokens, black, weights, args, seq_len, head
+    name, model, baseline, cfg, store, s, features, tokens, black, weights, args, seq_len, trained
 ):
-    """The stage module and its batch sampler; `head`: the seg head is trained (the tokenizer
-    learns to decode features it segments as the truth)."""
+    """The stage module and its batch sampler. `trained`: which parts hold trained weights (a
+    tokenizer from --init-model is fine-tuned without the curriculum of a fresh one; a trained
+    seg head teaches it to decode what the head reads as the truth)."""
     if name == "backbone":
         return (
             st.BackboneStage(model.backbone, cfg.head.num_classes, weights),
@@ -473,9 +474,9 @@ def _stage(
         stage = st.TokenizerStage(
             model.tokenizer,
             change_weight=2.0,
-            encoder_warmup_steps=int(0.12 * s.steps),
-            token_bias_steps=int(0.28 * s.steps),
-            segment=st.frozen_segmenter(model.seg_head, cfg.grid) if head else None,
+            encoder_warmup_steps=0 if trained["tokenizer"] else int(0.12 * s.steps),
+            token_bias_steps=0 if trained["tokenizer"] else int(0.28 * s.steps),
+            segment=st.frozen_segmenter(model.seg_head, cfg.grid) if trained["seg_head"] else None,
             class_weights=weights,
         )
         sampler = st.pair_sampler(
