@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from types import ModuleType
 
-from .errors import DeltaworldError, UsageError
+from .arguments import CommandParser, run_command
+from .errors import UsageError
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("deltaworld_ros.synth.cli", "write the procedural street world as a rosbag2"),
@@ -21,7 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("deltaworld_ros.export.cli", "export ONNX graphs + manifest into a model dir"),
     "bench": ("deltaworld_ros.tools.bench", "benchmark the streaming Forecaster"),
     "bench-compare": (
-        "deltaworld_ros.runtime.compare",
+        "deltaworld_ros.tools.compare",
         "the package vs the authors' code (and its own levers), side by side",
     ),
     "bench-gpu": ("deltaworld_ros.runtime.gpu_bench", "the torch path on a GPU (CUDA graphs)"),
@@ -29,16 +29,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("deltaworld_ros.evaluation.replay_eval", "score a forecaster on a rosbag2"),
     "bag-from-video": ("deltaworld_ros.io.video_bag", "turn a video file into a rosbag2"),
     "replay": ("deltaworld_ros.ros.replay", "play a bag into ROS and record the outputs"),
-    "demo": ("deltaworld_ros.evaluation.demo", "the whole chain on the default model"),
-    "soak": ("deltaworld_ros.ros.fuzz", "forecast_node under hostile input: RSS and p99 drift"),
+    "demo": ("deltaworld_ros.tools.demo", "the whole chain on the default model"),
+    "soak": ("deltaworld_ros.tools.fuzz", "forecast_node under hostile input: RSS and p99 drift"),
 }
-
-
-class CommandParser(argparse.ArgumentParser):
-    """An ArgumentParser whose refusals are UsageErrors (one line), not a usage dump."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,18 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_, help_text) in SUBCOMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
-
-
-def run_command(prog: str, description: str, module: ModuleType, argv: list[str]) -> int:
-    """Parse `argv` with the module's arguments and run it; a DeltaworldError ends it with one
-    line `<prog>: <message>` and exit code 2 (UsageError) or 1."""
-    try:
-        parser = CommandParser(prog=prog, description=description)
-        module.add_arguments(parser)
-        return int(module.run(parser.parse_args(argv)) or 0)
-    except DeltaworldError as err:
-        print(f"{prog}: {err}".replace("\n", " "), file=sys.stderr)
-        return 2 if isinstance(err, UsageError) else 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,7 +50,7 @@ def model_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def domain(request) -> int:
     """A ROS_DOMAIN_ID of this test's own (see harness.domain_id)."""
-    from deltaworld_ros.ros.harness import domain_id
+    from deltaworld_ros.tools.harness import domain_id
 
     return domain_id(request.node.name)
 

@@ -28,8 +28,8 @@ from deltaworld_ros.io.bags import (
     read_images,
     read_messages,
 )
-from deltaworld_ros.ros.fuzz import moving_frame, png_bomb
-from deltaworld_ros.ros.harness import LOCAL_DISCOVERY, Probe
+from deltaworld_ros.tools.fuzz import moving_frame, png_bomb
+from deltaworld_ros.tools.harness import LOCAL_DISCOVERY, Probe
 from deltaworld_ros.train.data import bag_store
 
 TOPIC = "/camera/image"
@@ -142,8 +142,8 @@ def test_replay_plays_a_damaged_bag_and_closes_its_recording(
     assert "is damaged after log time" in capsys.readouterr().err
     (stats,) = [m.msg for m in read_messages(record) if m.topic == "/deltaworld/replay/stats"]
     summary = json.loads(stats.data)
-    assert summary["frames published"] == FRAMES - 1
-    assert "is damaged after log time" in summary["input bag damage"][0]
+    assert summary["frames_published"] == FRAMES - 1
+    assert "is damaged after log time" in summary["input_bag_damage"][0]
 
 
 def test_replay_interrupted_leaves_a_readable_recording(listener, domain, clean, tmp_path):
@@ -164,8 +164,8 @@ def test_replay_interrupted_leaves_a_readable_recording(listener, domain, clean,
     assert "stopped (interrupted)" in err
     (stats,) = [m.msg for m in read_messages(record) if m.topic == "/deltaworld/replay/stats"]
     summary = json.loads(stats.data)
-    assert summary["stopped by"] == "interrupted"
-    assert 3 <= summary["frames published"] < FRAMES
+    assert summary["stopped_by"] == "interrupted"
+    assert 3 <= summary["frames_published"] < FRAMES
 
 
 def test_eval_drops_a_bomb_frame_and_reports_the_rest(model_dir, tmp_path, capsys):

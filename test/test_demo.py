@@ -12,7 +12,7 @@ from test_eval import make_tiny_model
 
 from deltaworld_ros.cli import main
 from deltaworld_ros.model.store import read_manifest
-from deltaworld_ros.ros.harness import domain_id
+from deltaworld_ros.tools.harness import domain_id
 
 pytestmark = pytest.mark.dds
 

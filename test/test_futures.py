@@ -22,8 +22,8 @@ from deltaworld_ros.ros.futures import (
     tile,
     untile,
 )
-from deltaworld_ros.ros.harness import domain_id
 from deltaworld_ros.runtime.forecaster import Forecast
+from deltaworld_ros.tools.harness import domain_id
 
 K, T, H, W = 3, 2, 6, 10
 

@@ -7,9 +7,9 @@ import pytest
 from rclpy.serialization import serialize_message
 from sensor_msgs.msg import CompressedImage, Image
 
-from deltaworld_ros.ros.fuzz import good_message
 from deltaworld_ros.ros.inputs import NS, InputRejected, SpacingCheck, receive
 from deltaworld_ros.runtime.gate import GateSettings
+from deltaworld_ros.tools.fuzz import good_message
 
 STAMP = 1000 * NS + 5
 

@@ -17,7 +17,7 @@ from deltaworld_ros.io.images import (
     encode_raw,
     stamp_ns,
 )
-from deltaworld_ros.ros.fuzz import jpeg_declaring, png_bomb, png_declaring
+from deltaworld_ros.tools.fuzz import jpeg_declaring, png_bomb, png_declaring
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, size=(5, 6, 3), dtype=np.uint8)

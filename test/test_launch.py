@@ -32,8 +32,8 @@ from std_msgs.msg import Header, String
 from deltaworld_ros.io.images import encode_compressed
 from deltaworld_ros.model.store import read_manifest
 from deltaworld_ros.ros import packing
-from deltaworld_ros.ros.harness import LOCAL_DISCOVERY, Probe, write_params
 from deltaworld_ros.ros.node import LAYOUT_QOS, OUTPUT_QOS, SENSOR_QOS
+from deltaworld_ros.tools.harness import LOCAL_DISCOVERY, Probe, write_params
 
 pytestmark = pytest.mark.dds
 

@@ -18,10 +18,10 @@ import pytest
 from deltaworld_ros.cli import main as deltaworld
 from deltaworld_ros.io.bags import ImageBagWriter
 from deltaworld_ros.model.store import MANIFEST, ModelDirError, config_sha256, sha256
-from deltaworld_ros.ros.bench_node import main as bench_node
-from deltaworld_ros.ros.harness import write_params
 from deltaworld_ros.ros.node import main as forecast_node
 from deltaworld_ros.runtime.engine import EngineOptions, open_engine
+from deltaworld_ros.tools.bench_node import main as bench_node
+from deltaworld_ros.tools.harness import write_params
 
 
 def edit_manifest(change: Callable[[dict], object]) -> Callable[[Path], None]:

@@ -24,8 +24,8 @@ from std_msgs.msg import Header, String
 from deltaworld_ros.io.images import encode_compressed, stamp_ns
 from deltaworld_ros.ros import packing
 from deltaworld_ros.ros.futures import decode_depth, decode_float_image, decode_futures, untile
-from deltaworld_ros.ros.harness import EXECUTABLE, NodeProcess, Probe, write_params
 from deltaworld_ros.ros.node import LAYOUT_QOS, OUTPUT_QOS, SENSOR_QOS
+from deltaworld_ros.tools.harness import EXECUTABLE, NodeProcess, Probe, write_params
 
 pytestmark = pytest.mark.dds
 

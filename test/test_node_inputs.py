@@ -4,7 +4,7 @@ Decompression bombs and corrupt payloads are one camera's counted drop, samples 
 valid CDR never displace the good frame before them, header stamps of any value follow one
 rule, settings that cannot work are refused at start and settings that make forecasting
 unlikely are warned about. The seeded fuzz test throws every malformed kind of
-deltaworld_ros.ros.fuzz at a node with two cameras.
+deltaworld_ros.tools.fuzz at a node with two cameras.
 """
 
 from __future__ import annotations
@@ -30,16 +30,17 @@ from test_node import (
     stream,
 )
 
-from deltaworld_ros.ros.fuzz import (
-    UNDESERIALIZABLE,
+from deltaworld_ros.ros.diagnostics import dropped
+from deltaworld_ros.ros.inputs import UNDESERIALIZABLE
+from deltaworld_ros.ros.node import OUTPUT_QOS, WARN_EVERY_S
+from deltaworld_ros.tools.fuzz import (
     Hostile,
     good_message,
     jpeg_declaring,
     png_bomb,
     png_declaring,
 )
-from deltaworld_ros.ros.harness import EXECUTABLE, MANAGED_EXECUTABLE, NodeProcess, write_params
-from deltaworld_ros.ros.node import OUTPUT_QOS, WARN_EVERY_S
+from deltaworld_ros.tools.harness import EXECUTABLE, MANAGED_EXECUTABLE, NodeProcess, write_params
 
 pytestmark = pytest.mark.dds
 
@@ -133,13 +134,13 @@ def test_good_frames_survive_undeserializable_neighbours(tmp_path, domain, model
             camera.publisher.publish(bad)
             forecast += wait_forecast(node, probe, camera, "/deltaworld/futures", sent, 3)
         probe.wait_for(
-            lambda: int(camera_values(probe, "camera").get(UNDESERIALIZABLE, 0)) >= 20, 5
+            lambda: int(camera_values(probe, "camera").get(dropped(UNDESERIALIZABLE), 0)) >= 20, 5
         )
         values = camera_values(probe, "camera")
         log = node.log()
 
     assert forecast >= 19, f"{forecast} of 20 good frames forecast: {values}\n{log}"
-    assert int(values[UNDESERIALIZABLE]) == 20
+    assert int(values[dropped(UNDESERIALIZABLE)]) == 20
     assert "exceeds remaining buffer" not in log  # no unattributed line from the C deserializer
 
 
@@ -237,7 +238,7 @@ def test_settings_that_cannot_work_stop_the_node_with_one_line(
 
 
 def test_seeded_fuzz_of_every_malformed_kind(tmp_path, domain, model_dir):
-    """3,000 hostile messages from deltaworld_ros.ros.fuzz in 30 blocks, on a raw and a
+    """3,000 hostile messages from deltaworld_ros.tools.fuzz in 30 blocks, on a raw and a
     compressed camera: the node stays up, counts what it got by cause (never more than was
     sent of a cause), and after every block both cameras forecast good frames again."""
     hostile = Hostile(seed=14, size=SIZE)

@@ -11,7 +11,6 @@ import rclpy
 from rclpy.context import Context
 from rclpy.node import Node
 
-from deltaworld_ros.ros.harness import domain_id, write_params
 from deltaworld_ros.ros.params import (
     CAMERA_SPECS,
     SPECS,
@@ -23,6 +22,7 @@ from deltaworld_ros.ros.params import (
     undeclared_overrides,
 )
 from deltaworld_ros.runtime.engine import EngineOptions
+from deltaworld_ros.tools.harness import domain_id, write_params
 
 ROOT = Path(__file__).resolve().parents[1]
 

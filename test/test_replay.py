@@ -14,9 +14,9 @@ import pytest
 from test_eval import IMAGE, looping_bag, make_tiny_model, synth_bag
 
 from deltaworld_ros.cli import main
-from deltaworld_ros.evaluation.demo import stop_node, wait_ready
 from deltaworld_ros.io.bags import read_messages
-from deltaworld_ros.ros.harness import NodeProcess, domain_id, write_params
+from deltaworld_ros.tools.demo import stop_node, wait_ready
+from deltaworld_ros.tools.harness import NodeProcess, domain_id, write_params
 
 pytestmark = pytest.mark.dds
 DOMAIN = domain_id("test_replay")  # this run's own domain; discovery on this machine only
@@ -61,7 +61,7 @@ def test_the_node_s_published_forecasts_are_recorded_and_scored(tmp_path: Path):
     assert metrics["frames"]["restarts"] == {"stamp went backwards": 1}
     # --fast waits for every forecast: the node forecast every frame but each lap's first.
     assert metrics["predictions"]["forecasts matched to input frames"] == 18
-    assert metrics["replay"]["timeouts (fast)"] == 0
+    assert metrics["replay"]["timeouts_fast"] == 0
     assert [s["scored"] for s in metrics["class_maps"]["steps"]] == [2 * 8, 2 * 7]
     assert metrics["target"]["kind"] == "pseudo-labels"
     assert metrics["features"]["source"] == "offline Forecaster run"

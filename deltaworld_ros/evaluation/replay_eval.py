@@ -29,12 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from deltaworld_ros.arguments import (
-    add_engine_arguments,
-    add_forecast_arguments,
-    at_least,
-    engine_options,
-)
+from deltaworld_ros.arguments import at_least
 from deltaworld_ros.errors import UsageError
 from deltaworld_ros.evaluation.metrics import (
     IGNORE,
@@ -58,8 +53,16 @@ from deltaworld_ros.io.bags import (
 from deltaworld_ros.io.images import stamp_ns
 from deltaworld_ros.model.config import generic_classes
 from deltaworld_ros.model.probes import TokenProbe, partner_pairs, probe_tokens
-from deltaworld_ros.model.store import ModelDirError, default_model_dir, load_model, read_manifest
+from deltaworld_ros.model.store import ModelDirError, load_model, read_manifest
+from deltaworld_ros.ros import topics
+from deltaworld_ros.ros.diagnostics import read_report, stage_summary
 from deltaworld_ros.ros.futures import decode_float_image, decode_futures, parse_layout
+from deltaworld_ros.ros.share import package_model_dir
+from deltaworld_ros.runtime.arguments import (
+    add_engine_arguments,
+    add_forecast_arguments,
+    engine_options,
+)
 from deltaworld_ros.runtime.engine import EngineOptions, largest_batch, open_engine
 from deltaworld_ros.runtime.forecaster import (
     Forecast,
@@ -75,8 +78,6 @@ from deltaworld_ros.runtime.postprocess import disagreement
 BASELINES = ("most_confident", "best_of_k", "mean_of_k", "copy_last", "copy_last_target")
 RELIABILITY_BINS = 8
 LABEL_WORDS = ("label", "semantic", "segmentation")  # how --label-topic auto finds labels
-STATS_TOPIC = "/deltaworld/replay/stats"  # std_msgs/String JSON that `deltaworld replay` writes
-DIAGNOSTICS = "/diagnostics"
 
 
 # --------------------------------------------------------------------------------------------
@@ -528,7 +529,7 @@ class EvalOptions:
     num_hypotheses: int = ForecasterConfig.num_hypotheses  # K of the offline run
     horizon: int = ForecasterConfig.horizon  # T of the offline run
     predictions: Path | None = None  # a bag recorded by `deltaworld replay`
-    futures_topic: str = "/deltaworld/futures"
+    futures_topic: str = topics.DEFAULT_FUTURES
     engine: EngineOptions = field(default_factory=EngineOptions)
     seed: int = 0
     examples: int = 3
@@ -898,24 +899,26 @@ class Recording:
 
     published: dict[int, list[Published]]  # header stamp (ns) -> forecasts in published order
     layout: dict[str, Any]  # the futures layout
-    replay: dict[str, Any]  # the replay's statistics (STATS_TOPIC)
+    replay: dict[str, Any]  # the replay's statistics (topics.REPLAY_STATS)
     node: dict[str, Any]  # the node's own /diagnostics: counters, stage times
 
 
 def read_published(bag: Path, futures_topic: str, notes: list[str]) -> Recording:
     """The node's forecasts, layout and diagnostics in a bag recorded by `deltaworld replay`."""
-    confidence_topic, layout_topic = f"{futures_topic}/confidence", f"{futures_topic}/layout"
-    topics = _bag_topics(bag, "predictions bag")
+    confidence_topic = topics.beside(futures_topic, topics.CONFIDENCE)
+    layout_topic = topics.beside(futures_topic, topics.LAYOUT)
+    recorded = _bag_topics(bag, "predictions bag")
     for topic, why in ((futures_topic, "the forecasts"), (layout_topic, "K, T and step")):
-        if topic not in topics:
-            listing = ", ".join(f"{t} ({m})" for t, m in topics.items()) or "none"
+        if topic not in recorded:
+            listing = ", ".join(f"{t} ({m})" for t, m in recorded.items()) or "none"
             raise EvalError(
                 f"{topic} ({why}) is not in the predictions bag {bag}; it has: {listing}. "
                 "Record the node with `deltaworld replay --record` (pass --futures-topic if the "
                 "node publishes under another name)"
             )
-    everything = (futures_topic, confidence_topic, layout_topic, STATS_TOPIC, DIAGNOSTICS)
-    wanted = [t for t in everything if t in topics]
+    everything = (futures_topic, confidence_topic, layout_topic, topics.REPLAY_STATS,
+                  topics.DIAGNOSTICS)  # fmt: skip
+    wanted = [t for t in everything if t in recorded]
     futures: dict[int, list[Any]] = {}  # header stamp -> messages (a looping bag repeats stamps)
     confidences: dict[int, list[Any]] = {}
     layout_msg = None
@@ -924,9 +927,9 @@ def read_published(bag: Path, futures_topic: str, notes: list[str]) -> Recording
     for message in read_messages(bag, wanted, damage=notes):
         if message.topic == layout_topic:
             layout_msg = message.msg
-        elif message.topic == STATS_TOPIC:
+        elif message.topic == topics.REPLAY_STATS:
             replay = json.loads(message.msg.data)
-        elif message.topic == DIAGNOSTICS:
+        elif message.topic == topics.DIAGNOSTICS:
             diagnostics.append(message.msg)
         else:
             target = futures if message.topic == futures_topic else confidences
@@ -934,7 +937,7 @@ def read_published(bag: Path, futures_topic: str, notes: list[str]) -> Recording
     if layout_msg is None:
         raise EvalError(f"no message on {layout_topic} in {bag}: cannot cut the futures tiles")
     layout = parse_layout(layout_msg)
-    if confidence_topic not in topics:
+    if confidence_topic not in recorded:
         notes.append(
             f"{confidence_topic} was not recorded: every hypothesis is scored with equal "
             "confidence, so the confidence quality numbers say nothing"
@@ -946,7 +949,7 @@ def read_published(bag: Path, futures_topic: str, notes: list[str]) -> Recording
         paired = confidences.get(stamp, [])
         for i, msg in enumerate(messages):
             confidence_msg = paired[i] if i < len(paired) else None
-            if confidence_msg is None and confidence_topic in topics:
+            if confidence_msg is None and confidence_topic in recorded:
                 failures["no confidence message of the same stamp"] += 1
                 continue
             try:
@@ -962,26 +965,16 @@ def read_published(bag: Path, futures_topic: str, notes: list[str]) -> Recording
 
 
 def node_diagnostics(messages: list[Any]) -> dict[str, Any]:
-    """The node's totals (last report of each status) and its stage times: per stage the mean
-    of the periods' means and the worst period's p95, in ms."""
-    totals: dict[str, dict[str, str]] = {}
-    means: dict[str, list[float]] = {}
-    p95: dict[str, list[float]] = {}
-    for message in messages:
-        for status in message.status:
-            if not status.name.startswith("deltaworld"):
-                continue
-            values = {kv.key: kv.value for kv in status.values}
-            totals[status.name] = values
-            for key, value in values.items():
-                for suffix, store in ((" mean ms", means), (" p95 ms", p95)):
-                    if key.endswith(suffix):
-                        store.setdefault(key[: -len(suffix)], []).append(float(value))
-    stages = {
-        stage: {"mean": float(np.mean(v)), "p95": float(np.max(p95.get(stage, v)))}
-        for stage, v in means.items()
-    }
-    return {"reports": len(messages), "status": totals, "stage_ms": stages}
+    """The node's totals (its last report of each camera, and of the engine) and its stage
+    times: per stage the mean of the periods' means and the worst period's p95, in ms."""
+    reports = [read_report(m) for m in messages]
+    cameras: dict[str, dict[str, str]] = {}
+    engine: dict[str, str] = {}
+    for report in reports:
+        cameras.update(report.cameras)
+        engine = report.engine or engine
+    return {"reports": len(messages), "cameras": cameras, "engine": engine,
+            "stage_ms": stage_summary(reports)}  # fmt: skip
 
 
 def _bag_topics(bag: Path, what: str) -> dict[str, str]:
@@ -1062,7 +1055,7 @@ class LabelStream:
 def _open_forecaster(
     options: EvalOptions, num_hypotheses: int, horizon: int
 ) -> tuple[Forecaster, dict[str, Any]]:
-    model_dir = Path(options.model_dir) if options.model_dir else default_model_dir()
+    model_dir = Path(options.model_dir) if options.model_dir else package_model_dir()
     try:
         manifest = read_manifest(model_dir)
         sized = replace(options.engine, max_batch=largest_batch(num_hypotheses, horizon, 1))
@@ -1132,10 +1125,10 @@ def _latency(
     if recording is not None:
         out.update(recording.node["stage_ms"])
         replay = recording.replay
-        if replay.get("round trip mean ms") is not None:
+        if replay.get("round_trip_mean_ms") is not None:
             out["replay: publish -> forecast received"] = {
-                "mean": replay["round trip mean ms"],
-                "p95": replay["round trip p95 ms"],
+                "mean": replay["round_trip_mean_ms"],
+                "p95": replay["round_trip_p95_ms"],
             }
     return out
 
@@ -1172,7 +1165,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--futures-topic",
-        default="/deltaworld/futures",
+        default=topics.DEFAULT_FUTURES,
         help="the node's futures topic in --predictions (its /confidence and /layout beside it)",
     )
     parser.add_argument(

@@ -24,8 +24,9 @@ from ..model.deltatok import tokenize_offline
 from ..model.deltaworld import DeltaWorld, best_of_k, rollout
 from ..model.loading import load_module_file
 from ..model.probes import TokenProbe, partner_pairs, probe_tokens
-from ..model.store import default_model_dir, load_model, read_manifest
+from ..model.store import load_model, read_manifest
 from ..model.world_model import WorldModel
+from ..ros.share import package_model_dir
 from ..runtime.postprocess import disagreement
 from ..synth import AGENT_CLASSES, CLASS_NAMES, PALETTE, StreetWorld, WorldConfig
 from ..train.data import HELD_OUT_SEED_BASE, camera_for, render_clip
@@ -617,7 +618,7 @@ def save_figure(case: Case, path: Path, max_hypotheses: int = 6) -> None:
 
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    directory = args.model_dir or default_model_dir()
+    directory = args.model_dir or package_model_dir()
     manifest = read_manifest(directory)
     model = load_model(directory)
     baseline = load_baseline(directory, model)

@@ -151,15 +151,8 @@ def load_model(directory: str | Path) -> WorldModel:
 
 
 def default_model_dir() -> Path:
-    """The embedded default model: $DELTAWORLD_MODEL, the ament share dir, or the source tree."""
+    """The embedded default model: $DELTAWORLD_MODEL, else models/default of the source tree
+    (an installed ROS package finds its share directory first: ros.share.package_model_dir)."""
     if os.environ.get("DELTAWORLD_MODEL"):
         return Path(os.environ["DELTAWORLD_MODEL"])
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        share = Path(get_package_share_directory("deltaworld_ros")) / "models" / "default"
-        if share.is_dir():
-            return share
-    except (ImportError, LookupError, ValueError, OSError):  # OSError: no AMENT_PREFIX_PATH
-        pass
     return Path(__file__).resolve().parents[2] / "models" / "default"

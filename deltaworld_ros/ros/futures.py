@@ -23,6 +23,7 @@ import numpy as np
 
 from ..io.images import ImageDecodeError, decode_labels
 from ..runtime.forecaster import crop_boxes
+from .topics import DEPTH
 
 LAYOUT_FORMAT = "deltaworld-futures/1"
 
@@ -77,7 +78,7 @@ def make_layout(
         "crop": crop,
         "crops": crop_boxes(source_size, crop),
         "source_size": [int(source_size[0]), int(source_size[1])],
-        "depth": {"topic": "futures/depth", "encoding": "32FC1", "unit": "m",
+        "depth": {"topic": DEPTH, "encoding": "32FC1", "unit": "m",
                   "tiles": "as in futures: K rows x T columns"} if depth else None,
     }  # fmt: skip
 

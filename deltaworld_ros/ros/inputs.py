@@ -33,6 +33,14 @@ SPACING_WINDOW = 20  # stamp differences behind a spacing verdict
 FAR_SPACING = 1.5  # x frame_interval: kept frames further apart than the model was trained on
 
 
+UNDESERIALIZABLE = "undeserializable"  # causes of InputRejected
+
+
+def bad_stamp(kind: str) -> str:
+    """The cause of a rejected header stamp: "negative", "zero", "out of range"."""
+    return f"bad stamp ({kind})"
+
+
 class InputRejected(Exception):
     """A camera message the node drops; `cause` names the counter, the message the details."""
 
@@ -86,7 +94,7 @@ def receive(raw: bytes, kind: type) -> Received:
     problem = _cdr_problem(raw, kind)
     if problem is not None:
         raise InputRejected(
-            "undeserializable",
+            UNDESERIALIZABLE,
             f"a {len(raw)}-byte sample is not a valid {kind.__name__}: {problem}; check the "
             "publisher's message type",
         )
@@ -94,7 +102,7 @@ def receive(raw: bytes, kind: type) -> Received:
         msg = deserialize_message(raw, kind)
     except Exception as err:  # rmw raises its own error types for malformed CDR
         raise InputRejected(
-            "undeserializable",
+            UNDESERIALIZABLE,
             f"a {len(raw)}-byte sample is not a valid {kind.__name__} ({err}); "
             "check the publisher's message type",
         ) from err
@@ -102,14 +110,14 @@ def receive(raw: bytes, kind: type) -> Received:
     if stamp <= 0:
         kind_of = "negative" if stamp < 0 else "zero"
         raise InputRejected(
-            f"bad stamp ({kind_of})",
+            bad_stamp(kind_of),
             f"header stamp sec={msg.header.stamp.sec} nanosec={msg.header.stamp.nanosec} is "
             f"{kind_of}: frames need their capture time in header.stamp",
         )
     sec, nanosec = divmod(stamp, NS)
     if sec > MAX_SEC:  # only a huge nanosec can carry sec past builtin_interfaces' int32
         raise InputRejected(
-            "bad stamp (out of range)",
+            bad_stamp("out of range"),
             f"header stamp sec={msg.header.stamp.sec} nanosec={msg.header.stamp.nanosec} "
             f"normalises past the largest time a header holds (sec {MAX_SEC})",
         )

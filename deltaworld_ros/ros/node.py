@@ -41,18 +41,23 @@ from ..model.store import ModelDirError
 from ..runtime.engine import open_engine
 from ..runtime.forecaster import Forecast, Forecaster, FrameInput
 from ..runtime.intake import ADOPT_SIZE_AFTER, FrameSizes, LatestFrames
-from . import packing
+from . import packing, topics
 from .diagnostics import (
-    DECODE_ERROR,
+    CONVERT,
     FAILED,
+    FORECASTER,
     INACTIVE,
     LATENCY,
     NORMALISED,
+    PACK,
+    PUBLISH,
     PUBLISHED,
     RECEIVED,
     STALE,
     WRONG_SIZE,
     NodeStats,
+    decode_error,
+    dropped,
 )
 from .futures import make_layout
 from .inputs import InputRejected, Received, SpacingCheck, receive
@@ -105,23 +110,19 @@ class Forecasting:
         self.warned: dict[str, float] = {}  # problem -> when it was last logged
         self.publishers_: dict[str, dict[str, Any]] = {}
         for camera in settings.cameras:
-            ns = camera.namespace
+            create = partial(self.output_publisher, camera.namespace)
             self.publishers_[camera.name] = {
-                "futures": self.create_publisher(Image, f"{ns}/futures", OUTPUT_QOS),
-                "confidence": self.create_publisher(Image, f"{ns}/futures/confidence", OUTPUT_QOS),
-                "uncertainty": self.create_publisher(
-                    Image, f"{ns}/futures/uncertainty", OUTPUT_QOS
-                ),
-                "layout": self.create_publisher(String, f"{ns}/futures/layout", LAYOUT_QOS),
-                "depth": self.create_publisher(Image, f"{ns}/futures/depth", OUTPUT_QOS)
-                if self.forecaster.has_depth
-                else None,
-                "visualization": self.create_publisher(Image, f"{ns}/visualization", OUTPUT_QOS)
+                "futures": create(Image, topics.FUTURES),
+                "confidence": create(Image, topics.CONFIDENCE),
+                "uncertainty": create(Image, topics.UNCERTAINTY),
+                "layout": create(String, topics.LAYOUT, LAYOUT_QOS),
+                "depth": create(Image, topics.DEPTH) if self.forecaster.has_depth else None,
+                "visualization": create(Image, topics.VISUALIZATION)
                 if settings.visualization
                 else None,
             }
         self.camera_subscriptions: list[Any] = []
-        self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.diagnostics_publisher = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, 10)
         self.diagnostics_timer = self.create_timer(
             settings.diagnostics_period,
             self.on_diagnostics_timer,
@@ -130,13 +131,13 @@ class Forecasting:
         self.worker = threading.Thread(target=self.run_worker, name="forecast_worker")
         self.worker.start()
         self.started = True
-        topics = ", ".join(
+        routes = ", ".join(
             f"{c.topic} ({c.transport}) -> {self.resolve_topic_name(c.namespace)}"
             for c in settings.cameras
         )
         self.get_logger().info(
             f"forecasting K={settings.forecaster.num_hypotheses} x T={settings.forecaster.horizon}"
-            f" with {model.name}, {self.engine.placement}: {topics}"
+            f" with {model.name}, {self.engine.placement}: {routes}"
         )
 
     def activate(self) -> None:
@@ -185,7 +186,7 @@ class Forecasting:
         try:
             frame = receive(raw, kind)
         except InputRejected as err:
-            self.drop(camera, f"dropped: {err.cause}", str(err))
+            self.drop(camera, dropped(err.cause), str(err))
             return
         if frame.normalised:
             self.stats.count(camera, NORMALISED)
@@ -195,6 +196,12 @@ class Forecasting:
         self.stats.set_problem(camera, spacing.text)
         if self.frames.put(camera, frame):
             self.stats.count(camera, STALE)
+
+    def output_publisher(
+        self, namespace: str, kind: type, name: str, qos: QoSProfile = OUTPUT_QOS
+    ) -> Any:
+        """A publisher of output `name` (topics.FUTURES...) under a camera's namespace."""
+        return self.create_publisher(kind, topics.output(namespace, name), qos)
 
     def on_diagnostics_timer(self) -> None:
         """Counters and stage times of the last period -> /diagnostics."""
@@ -235,7 +242,7 @@ class Forecasting:
             if rgb is not None:
                 frames.append(FrameInput(camera, frame.stamp_ns / 1e9, rgb))
                 sources.append((frame.header, rgb))
-        self.stats.record("node: convert", time.perf_counter() - start)
+        self.stats.record(CONVERT, time.perf_counter() - start)
         if not frames:
             return
         results = self.forecaster.process(frames)
@@ -245,14 +252,14 @@ class Forecasting:
                 self.publish(forecast, header, rgb)
         ahead = self.forecaster.encode_ahead()  # after publishing: off the next frame's latency
         if ahead:
-            self.stats.record("forecaster: encode ahead", ahead)
+            self.stats.record(f"{FORECASTER}encode ahead", ahead)
 
     def decode(self, camera: str, msg: Image | CompressedImage) -> np.ndarray | None:
         """RGB uint8 of a camera message; None (logged and counted) if it cannot be used."""
         try:
             rgb = decode_image_message(msg, self.settings.max_input_pixels)
         except ImageDecodeError as err:
-            self.drop(camera, f"{DECODE_ERROR} ({err.cause})", str(err))
+            self.drop(camera, decode_error(err.cause), str(err))
             return None
         sizes = self.sizes[camera]
         if not sizes.admit(rgb.shape[:2]):
@@ -303,10 +310,10 @@ class Forecasting:
         for publish, msg in messages:
             publish(msg)
         done = time.perf_counter()
-        self.stats.record("node: pack", packed - start)
-        self.stats.record("node: publish", done - packed)
+        self.stats.record(PACK, packed - start)
+        self.stats.record(PUBLISH, done - packed)
         for stage, seconds in forecast.timings.items():
-            self.stats.record(f"forecaster: {stage}", seconds)
+            self.stats.record(f"{FORECASTER}{stage}", seconds)
         now = self.get_clock().now()
         stamp = Time.from_msg(header.stamp, clock_type=now.clock_type)
         self.stats.record(LATENCY, (now - stamp).nanoseconds * 1e-9)

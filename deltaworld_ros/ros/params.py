@@ -23,10 +23,11 @@ from rclpy.parameter import Parameter
 
 from ..errors import UsageError
 from ..io.images import DEFAULT_MAX_PIXELS
-from ..model.store import default_model_dir
 from ..runtime.engine import BACKENDS, PRECISIONS, EngineOptions, largest_batch
 from ..runtime.forecaster import ForecasterConfig
 from ..runtime.ort_engine import requested_providers
+from . import topics
+from .share import package_model_dir
 
 TRANSPORTS = ("raw", "compressed")
 CROPS = ("resize", "square")
@@ -118,7 +119,9 @@ SPECS: dict[str, Spec] = {
         "camera names; one camera publishes under output_namespace, "
         "several under output_namespace/<camera>",
     ),
-    "output_namespace": Spec("deltaworld", "namespace of the outputs (relative to the node's)"),
+    "output_namespace": Spec(
+        topics.DEFAULT_NAMESPACE, "namespace of the outputs (relative to the node's)"
+    ),
     "visualization": Spec(True, "publish the rgb8 visualization mosaic"),
     "seed": Spec(0, "seed of the hypotheses' noise", 0, 2**31 - 1),
     "diagnostics_period": Spec(1.0, "s between /diagnostics messages", 0.1, 60.0),
@@ -348,7 +351,7 @@ class _Reader:
     def model_dir(self, value: str) -> Path:
         """'' = the embedded default model; ~ and $VARS expand. The directory must exist."""
         if not value:
-            path = default_model_dir()
+            path = package_model_dir()
             self.check(
                 path.is_dir(), "model_dir", "",
                 f"the embedded default model is missing at {path}: set model_dir to a model "

@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,6 @@ from rosgraph_msgs.msg import Clock
 from tqdm import tqdm
 
 from deltaworld_ros.errors import UsageError
-from deltaworld_ros.evaluation.replay_eval import STATS_TOPIC
 from deltaworld_ros.io.bags import (
     IMAGE_TYPES,
     TYPESTORE,
@@ -52,17 +51,23 @@ from deltaworld_ros.io.bags import (
 )
 from deltaworld_ros.io.images import stamp_ns
 from deltaworld_ros.ros.futures import parse_layout
+from deltaworld_ros.ros.topics import (
+    CONFIDENCE,
+    DEFAULT_FUTURES,
+    DIAGNOSTICS,
+    FUTURES,
+    LAYOUT,
+    REPLAY_STATS,
+    UNCERTAINTY,
+    beside,
+)
 from deltaworld_ros.runtime.forecaster import ForecasterConfig
 from deltaworld_ros.runtime.gate import GateSettings
 from deltaworld_ros.runtime.intake import CameraGate
 
-FUTURES = "/deltaworld/futures"
 DEFAULT_TOPICS = (
-    FUTURES,
-    f"{FUTURES}/confidence",
-    f"{FUTURES}/layout",
-    f"{FUTURES}/uncertainty",
-    "/diagnostics",
+    *(beside(DEFAULT_FUTURES, output) for output in (FUTURES, CONFIDENCE, LAYOUT, UNCERTAINTY)),
+    DIAGNOSTICS,
 )
 
 
@@ -79,7 +84,7 @@ class ReplayOptions:
     rate: float = 1.0
     fast: bool = False
     topics: tuple[str, ...] = DEFAULT_TOPICS
-    futures_topic: str = FUTURES  # what --fast waits for, and the latency is measured on
+    futures_topic: str = DEFAULT_FUTURES  # what --fast waits for, and the latency is measured on
     settle: float = 1.0  # s to keep recording after the last frame
     wait: float = 60.0  # s to wait for the node to come up
     timeout: float = 10.0  # s to wait for one forecast in --fast
@@ -110,21 +115,44 @@ class ReplayStats:
     damage: list[str] = field(default_factory=list)  # what of the input bag could not be read
     stopped_by: str | None = None  # "interrupted", or the error that ended the replay early
 
-    def summary(self, options: ReplayOptions) -> dict[str, Any]:
+    def summary(self, options: ReplayOptions) -> ReplaySummary:
         latency = np.array(self.latency_s) * 1e3
-        return {
-            "mode": "fast" if options.fast else f"rate {options.rate:g}",
-            "frames published": self.frames_published,
-            "unreadable messages": self.unreadable_messages,
-            "forecasts received": self.forecasts_received,
-            "awaited (fast)": self.awaited,
-            "timeouts (fast)": self.timeouts,
-            "round trip mean ms": float(latency.mean()) if len(latency) else None,
-            "round trip p95 ms": float(np.percentile(latency, 95)) if len(latency) else None,
-            "wall s": self.wall_s,
-            "input bag damage": self.damage,
-            "stopped by": self.stopped_by,
-        }
+        return ReplaySummary(
+            mode="fast" if options.fast else f"rate {options.rate:g}",
+            frames_published=self.frames_published,
+            unreadable_messages=self.unreadable_messages,
+            forecasts_received=self.forecasts_received,
+            awaited_fast=self.awaited,
+            timeouts_fast=self.timeouts,
+            round_trip_mean_ms=float(latency.mean()) if len(latency) else None,
+            round_trip_p95_ms=float(np.percentile(latency, 95)) if len(latency) else None,
+            wall_s=self.wall_s,
+            input_bag_damage=self.damage,
+            stopped_by=self.stopped_by,
+            recorded=dict(self.messages_recorded),
+        )
+
+
+@dataclass
+class ReplaySummary:
+    """What a replay did; its JSON (`as_json`) is the recording's last message, on
+    REPLAY_STATS, and the evaluator's "replay" section."""
+
+    mode: str  # "fast" or "rate <R>"
+    frames_published: int
+    unreadable_messages: int
+    forecasts_received: int
+    awaited_fast: int  # --fast: frames whose forecast was waited for
+    timeouts_fast: int  # --fast: of those, no forecast within --timeout
+    round_trip_mean_ms: float | None  # publish -> forecast received
+    round_trip_p95_ms: float | None
+    wall_s: float
+    input_bag_damage: list[str]
+    stopped_by: str | None  # "interrupted", or the error that ended the replay early
+    recorded: dict[str, int]  # topic -> messages recorded
+
+    def as_json(self) -> str:
+        return json.dumps(asdict(self))
 
 
 class Recorder:
@@ -186,7 +214,7 @@ class Recorder:
             if topic == self.futures_topic:
                 self.forecast_stamps[stamp_ns(msg.header)] = time.monotonic()
                 self.forecasts += 1
-            elif topic == f"{self.futures_topic}/layout":
+            elif topic == beside(self.futures_topic, LAYOUT):
                 self.layout = parse_layout(msg)
             self.lock.notify_all()
 
@@ -248,8 +276,8 @@ def read_frames(bag: Path, topic: str, msgtype: str, stats: ReplayStats) -> Iter
             yield _Frame(log_ns, stamp_ns(msg.header), shape, data)
 
 
-def replay(options: ReplayOptions, domain_id: int | None = None) -> dict[str, Any]:
-    """Play, record, return the replay's statistics (also written to the bag on STATS_TOPIC)."""
+def replay(options: ReplayOptions, domain_id: int | None = None) -> ReplaySummary:
+    """Play, record, return the replay's statistics (also written to the recording)."""
     if not Path(options.bag).exists():
         raise ReplayError(f"no rosbag2 at {options.bag}")
     if options.rate <= 0:
@@ -291,7 +319,7 @@ def _close_recording(
     stats: ReplayStats,
     options: ReplayOptions,
     start: float,
-) -> dict[str, Any]:
+) -> ReplaySummary:
     """The statistics as the recording's last message, then its index and metadata.yaml."""
     if stats.stopped_by:
         print(f"replay: stopped ({stats.stopped_by}); closing the recording with what came "
@@ -300,9 +328,9 @@ def _close_recording(
     with recorder.lock:
         recorder.closed = True
         stats.messages_recorded = dict(recorder.counts)
-        summary = stats.summary(options) | {"recorded": stats.messages_recorded}
-        string = TYPESTORE.types["std_msgs/msg/String"](data=json.dumps(summary))
-        writer.write_raw_message(STATS_TOPIC, "std_msgs/msg/String", string, recorder.clock_ns)
+        summary = stats.summary(options)
+        string = TYPESTORE.types["std_msgs/msg/String"](data=summary.as_json())
+        writer.write_raw_message(REPLAY_STATS, "std_msgs/msg/String", string, recorder.clock_ns)
     writer.close()
     return summary
 
@@ -459,7 +487,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--topics", nargs="+", default=list(DEFAULT_TOPICS), help="outputs to record"
     )
     parser.add_argument(
-        "--futures-topic", default=FUTURES, help="the forecasts (pacing and latency)"
+        "--futures-topic", default=DEFAULT_FUTURES, help="the forecasts (pacing, latency)"
     )
     parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
     parser.add_argument("--settle", type=float, default=1.0, help="s to record after the end")
@@ -500,10 +528,10 @@ def run(args: argparse.Namespace) -> int:
     options = options_from(args)
     summary = replay(options, domain_id=args.domain_id)
     print(
-        f"recorded {options.record}: {summary['frames published']} frames played "
-        f"({summary['mode']}), {summary['forecasts received']} forecasts received, "
-        f"{summary['timeouts (fast)']} timeouts; messages per topic: {summary['recorded']}"
+        f"recorded {options.record}: {summary.frames_published} frames played "
+        f"({summary.mode}), {summary.forecasts_received} forecasts received, "
+        f"{summary.timeouts_fast} timeouts; messages per topic: {summary.recorded}"
     )
-    for note in summary["input bag damage"]:
+    for note in summary.input_bag_damage:
         print(f"replay: {note}", file=sys.stderr)
-    return 0 if summary["forecasts received"] and not summary["stopped by"] else 1
+    return 0 if summary.forecasts_received and not summary.stopped_by else 1

@@ -28,9 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from ..arguments import add_forecast_arguments, size
+from ..arguments import size
 from ..errors import DeltaworldError, UsageError
 from ..model.config import PRESETS
+from .arguments import add_forecast_arguments
 from .forecaster import ForecasterConfig
 from .threads import passive_openmp
 

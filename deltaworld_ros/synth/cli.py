@@ -51,28 +51,55 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {args.out} exists already; choose a new bag path or delete it")
     height, width = args.size
     config = WorldConfig(height=height, width=width, camera=args.camera, fps=args.fps)
-    world = StreetWorld(config, args.seed)
-    start_ns = int(round(args.start_stamp * 1e9))
+    print(
+        record(
+            args.out,
+            StreetWorld(config, args.seed),
+            args.frames,
+            storage=args.storage,
+            image_topic=args.image_topic,
+            label_topic=args.label_topic,
+            frame_id=args.frame_id,
+            start_ns=int(round(args.start_stamp * 1e9)),
+            compressed=args.compressed,
+        )
+    )
+    return 0
+
+
+def record(
+    out: Path,
+    world: StreetWorld,
+    frames: int,
+    *,
+    storage: str = "mcap",
+    image_topic: str = "/camera/image_raw",
+    label_topic: str = "/camera/labels",
+    frame_id: str = "camera",
+    start_ns: int = DEFAULT_START_S * 10**9,
+    compressed: bool = False,
+) -> str:
+    """Write `frames` frames of `world` (images + labels) as a rosbag2; a line saying what."""
+    config = world.config
     t0 = time.perf_counter()
     first = last = 0
     events = 0
-    with ImageBagWriter(args.out, storage=args.storage) as bag:
-        for i, frame in enumerate(tqdm(world.frames(args.frames), total=args.frames, unit="frame")):
+    with ImageBagWriter(out, storage=storage) as bag:
+        for i, frame in enumerate(tqdm(world.frames(frames), total=frames, unit="frame")):
             stamp = start_ns + int(round(frame.stamp_s * 1e9))
             if i == 0:
                 first = stamp
             last = stamp
             events += sum(e.visible for e in frame.branch_events)
-            if args.compressed:
-                bag.write_compressed(args.image_topic, stamp, frame.rgb, "jpeg", args.frame_id)
+            if compressed:
+                bag.write_compressed(image_topic, stamp, frame.rgb, "jpeg", frame_id)
             else:
-                bag.write_image(args.image_topic, stamp, frame.rgb, "rgb8", args.frame_id)
-            bag.write_image(args.label_topic, stamp, frame.labels, "mono8", args.frame_id)
-    dropped = frame.index - args.frames  # grid slots skipped by the simulated sensor
-    print(
-        f"wrote {args.out} ({args.storage}): {args.frames} frames {width}x{height} "
-        f"{args.camera} camera, {(last - first) / 1e9:.1f} s of header time, "
+                bag.write_image(image_topic, stamp, frame.rgb, "rgb8", frame_id)
+            bag.write_image(label_topic, stamp, frame.labels, "mono8", frame_id)
+    dropped = frame.index - frames  # grid slots skipped by the simulated sensor
+    return (
+        f"wrote {out} ({storage}): {frames} frames {config.width}x{config.height} "
+        f"{config.camera} camera, {(last - first) / 1e9:.1f} s of header time, "
         f"{dropped} dropped, {events} visible branching decisions, "
         f"{time.perf_counter() - t0:.1f} s"
     )
-    return 0

@@ -1,2 +1,3 @@
-"""Tools above the package's layers: benchmarks and drivers that compose runtime, export,
-ros and evaluation (nothing below imports them)."""
+"""Tools above the package's layers: the benchmarks, and drivers of the node and the evaluation
+from outside (the node benchmark, the soak, the demo, the process harness the node tests share).
+Nothing below imports them."""

@@ -18,16 +18,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..arguments import (
-    add_engine_arguments,
-    add_forecast_arguments,
-    at_least,
-    engine_options,
-    size,
-)
+from ..arguments import at_least, size
 from ..errors import UsageError
 from ..model.config import PRESETS
-from ..model.store import ModelDirError, default_model_dir
+from ..model.store import ModelDirError
+from ..ros.share import package_model_dir
+from ..runtime.arguments import add_engine_arguments, add_forecast_arguments, engine_options
 from ..runtime.bench import (
     STAGE_OF,
     peak_rss_bytes,
@@ -70,7 +66,7 @@ def open_bench_engine(
 ) -> tuple[Engine, str]:
     """The engine to measure and a description of the model it runs."""
     if args.preset is None:
-        model_dir = args.model_dir or default_model_dir()
+        model_dir = args.model_dir or package_model_dir()
         try:
             return open_engine(model_dir, options), str(model_dir)
         except ModelDirError as err:

@@ -35,8 +35,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from ..arguments import size
-from ..cli import run_command
+from ..arguments import run_command, size
 from ..errors import DeltaworldError, UsageError
 from ..model.config import HeadConfig, ModelConfig, preset
 from ..model.deltaworld import DeltaWorld

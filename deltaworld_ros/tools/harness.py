@@ -1,6 +1,6 @@
 """Drive forecast_node as a user would, over real DDS: the console script in a subprocess with
 a params file, and a probe node (its own rclpy context) that publishes frames and records the
-outputs. Used by the node tests and the node benchmark.
+outputs. Used by the node tests, the node benchmark, the soak and the demo.
 """
 
 from __future__ import annotations
@@ -20,9 +20,13 @@ from typing import Any
 
 import rclpy
 import yaml
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile
+
+from ..ros import topics
+from ..ros.diagnostics import read_report
 
 EXECUTABLE = "forecast_node"
 MANAGED_EXECUTABLE = "managed_forecast_node"
@@ -74,6 +78,7 @@ class NodeProcess:
         self.command += list(extra_args)
         self.env = {**LOCAL_DISCOVERY, **os.environ, "ROS_DOMAIN_ID": str(domain),
                     "PYTHONUNBUFFERED": "1"}  # fmt: skip
+        self.domain = domain
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
 
@@ -88,6 +93,18 @@ class NodeProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Until the node's first /diagnostics report (its model is loaded and its topics are
+        up); False if the process exits first or no report comes within `timeout` s."""
+        with Probe(self.domain, "readiness") as probe:
+            probe.subscribe(DiagnosticArray, topics.DIAGNOSTICS)
+
+            def reported() -> bool:
+                return any(read_report(m).engine for m in probe.received(topics.DIAGNOSTICS))
+
+            probe.wait_for(lambda: reported() or not self.running(), timeout)
+            return reported() and self.running()
 
     def wait(self, timeout: float) -> int:
         """Exit code of a process expected to end by itself."""

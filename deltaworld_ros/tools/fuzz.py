@@ -30,19 +30,18 @@ from rclpy.serialization import serialize_message
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from ..arguments import add_forecast_arguments, at_least, size
+from ..arguments import at_least, size
 from ..io.images import encode_compressed, encode_raw, stamp_ns
-from ..model.store import default_model_dir, read_manifest
-from .diagnostics import DECODE_ERROR, NORMALISED, WRONG_SIZE
+from ..model.store import read_manifest
+from ..ros import topics
+from ..ros.diagnostics import NORMALISED, WRONG_SIZE, decode_error, dropped, latest_cameras
+from ..ros.inputs import UNDESERIALIZABLE, bad_stamp
+from ..ros.node import OUTPUT_QOS, SENSOR_QOS
+from ..ros.share import package_model_dir
+from ..runtime.arguments import add_forecast_arguments
 from .harness import NodeProcess, Probe, domain_id, write_params
-from .node import OUTPUT_QOS, SENSOR_QOS
 
 NS = 1_000_000_000
-UNDESERIALIZABLE = "dropped: undeserializable"
-
-
-def decode_error(cause: str) -> str:
-    return f"{DECODE_ERROR} ({cause})"
 
 
 @dataclass
@@ -264,12 +263,12 @@ class Hostile:
     def _negative_stamp(self, transport: str, stamp: int) -> Case:
         msg = self._good(transport, stamp)
         msg.header.stamp.sec = -int(self.rng.integers(1, 2**31))
-        return Case("negative stamp", msg, "dropped: bad stamp (negative)")
+        return Case("negative stamp", msg, dropped(bad_stamp("negative")))
 
     def _zero_stamp(self, transport: str, stamp: int) -> Case:
         msg = self._good(transport, stamp)
         msg.header.stamp.sec = msg.header.stamp.nanosec = 0
-        return Case("zero stamp", msg, "dropped: bad stamp (zero)")
+        return Case("zero stamp", msg, dropped(bad_stamp("zero")))
 
     def _unnormalised(self, transport: str, stamp: int) -> Case:
         msg = self._good(transport, stamp)
@@ -290,7 +289,7 @@ class Hostile:
     def _truncated_cdr(self, transport: str, stamp: int) -> Case:
         cdr = self._cdr(transport, stamp)
         cut = int(self.rng.integers(4, len(cdr) - 1))
-        return Case("truncated cdr", bytes(cdr[:cut]), UNDESERIALIZABLE)
+        return Case("truncated cdr", bytes(cdr[:cut]), dropped(UNDESERIALIZABLE))
 
     def _random_cdr(self, _: str, stamp: int) -> Case:
         size = int(self.rng.integers(0, 2000))
@@ -331,25 +330,15 @@ def node_rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
-def camera_counts(probe: Probe) -> dict[str, dict[str, str]]:
-    """The latest /diagnostics key/values of every camera status."""
-    counts: dict[str, dict[str, str]] = {}
-    for array in probe.received("/diagnostics"):
-        for status in array.status:
-            if status.name.startswith("deltaworld: camera "):
-                counts[status.name.removeprefix("deltaworld: camera ")] = {
-                    kv.key: kv.value for kv in status.values
-                }
-    return counts
-
-
 def soak(args: argparse.Namespace) -> dict[str, Any]:
     """Frames at args.rate per camera, stamped with the wall clock, args.bad of them hostile;
     RSS of the node and stamp-to-arrival latency of the forecasts, start vs end."""
-    model_dir = args.model_dir or default_model_dir()
+    model_dir = args.model_dir or package_model_dir()
     read_manifest(model_dir, verify=False)  # ModelDirError now rather than a node that exits
     names = [f"cam{i}" for i in range(args.cameras)]
     transports = {n: "compressed" if i % 2 else "raw" for i, n in enumerate(names)}
+    namespace = f"/{topics.DEFAULT_NAMESPACE}"
+    futures = {n: topics.output(f"{namespace}/{n}", topics.FUTURES) for n in names}
     params = {
         "model_dir": str(model_dir),
         "cameras": names,
@@ -365,14 +354,14 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         files = [write_params(Path(tmp) / "soak.yaml", params)]
         with NodeProcess(files, domain, Path(tmp) / "node.log") as node, Probe(domain) as probe:
-            probe.subscribe(DiagnosticArray, "/diagnostics")
+            probe.subscribe(DiagnosticArray, topics.DIAGNOSTICS)
             publishers = {}
             for n in names:
                 compressed = transports[n] == "compressed"
                 topic = f"{n}/image/compressed" if compressed else f"{n}/image"
                 kind = CompressedImage if compressed else Image
                 publishers[n] = probe.publisher(kind, topic, SENSOR_QOS)
-                probe.subscribe(Image, f"/deltaworld/{n}/futures", OUTPUT_QOS)
+                probe.subscribe(Image, futures[n], OUTPUT_QOS)
 
             def publish_round(bad: float) -> None:
                 """One frame per camera, `bad` of them hostile, stamped with the wall clock."""
@@ -389,7 +378,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
                     sent[n][cause] += 1
 
             deadline = time.monotonic() + args.startup_timeout
-            while not all(probe.received(f"/deltaworld/{n}/futures") for n in names):
+            while not all(probe.received(futures[n]) for n in names):
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"no forecast within {args.startup_timeout} s:\n"
                                        f"{node.log()}")  # fmt: skip
@@ -407,11 +396,11 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
                           f"RSS {rss[-1] / 1024:.1f} MiB", flush=True)  # fmt: skip
                 time.sleep(max(0.0, start + (i + 1) / args.rate - time.monotonic()))
             time.sleep(2.5)  # the last forecasts and diagnostics
-            counts = camera_counts(probe)
+            counts = latest_cameras(probe.received(topics.DIAGNOSTICS))
             futures = [
                 (arrived, stamp_ns(m.header))
                 for n in names
-                for arrived, m in probe.timed(f"/deltaworld/{n}/futures")
+                for arrived, m in probe.timed(futures[n])
                 if stamp_ns(m.header) >= begin * 1e9
             ]
             code = node.interrupt()

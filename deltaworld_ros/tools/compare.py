@@ -27,12 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from ..arguments import add_forecast_arguments
-from ..model.store import default_model_dir, read_manifest
-from .bench import percentiles_ms, run_record, synthetic_streams
-from .engine import EngineOptions, graph_file, open_engine
-from .forecaster import Forecaster, ForecasterConfig, FrameInput, StreamOverrides
-from .threads import passive_openmp
+from ..model.store import read_manifest
+from ..ros.share import package_model_dir
+from ..runtime.arguments import add_forecast_arguments
+from ..runtime.bench import percentiles_ms, run_record, synthetic_streams
+from ..runtime.engine import EngineOptions, graph_file, open_engine
+from ..runtime.forecaster import Forecaster, ForecasterConfig, FrameInput, StreamOverrides
+from ..runtime.threads import passive_openmp
 
 REFERENCE = "reference"
 AGREE = 1e-3  # max |feature difference| between the package (fp32) and the reference
@@ -116,7 +117,7 @@ def build_variants(args: argparse.Namespace, model_dir: Path, workdir: Path) -> 
             package("package, 1 engine thread", forecaster(threads=1)),
         ]
     if args.deltatok is not None:
-        from .reference import ReferenceForecaster, ReferenceModel
+        from ..runtime.reference import ReferenceForecaster, ReferenceModel
 
         reference = forecaster()  # for its window sizes
         model = ReferenceModel(args.deltatok, model_dir, args.num_hypotheses)
@@ -158,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(args.torch_threads or args.threads)
-    model_dir = args.model_dir or default_model_dir()
+    model_dir = args.model_dir or package_model_dir()
     with tempfile.TemporaryDirectory(prefix="deltaworld-compare-") as workdir:
         variants = build_variants(args, model_dir, Path(workdir))
         return compare(variants, args, model_dir)

@@ -4,7 +4,8 @@ For each camera of the street world (a static one, one on a moving vehicle):
 1. `deltaworld synth` writes a street-world rosbag2 (images + labels) at the model's own image
    size, so the node sees the frames the model was trained on (no resize);
 2. forecast_node starts as a real process (use_sim_time, its own ROS_DOMAIN_ID, discovery on
-   this machine only), the way the node tests drive it (ros/harness.py);
+   this machine only), the way the node tests drive it (tools/harness.py); it is ready once
+   its first /diagnostics report arrives;
 3. `deltaworld replay` plays the bag into it and records what it publishes;
 4. the node is stopped with SIGINT, as ros2 launch would;
 5. `deltaworld eval --predictions --with-model` scores the published forecasts against the
@@ -22,25 +23,27 @@ import sys
 import time
 from pathlib import Path
 
-from deltaworld_ros.arguments import add_forecast_arguments
-from deltaworld_ros.cli import main as cli
-from deltaworld_ros.evaluation.replay_eval import EvalError, EvalOptions, Evaluation, evaluate
-from deltaworld_ros.evaluation.report import summary_text, write_report
-from deltaworld_ros.model.config import ModelConfig
-from deltaworld_ros.model.store import default_model_dir, read_manifest
-from deltaworld_ros.ros.harness import NodeProcess, domain_id, write_params
-from deltaworld_ros.ros.replay import ReplayError, ReplayOptions, replay
-from deltaworld_ros.runtime.engine import EngineOptions
+from ..arguments import at_least
+from ..evaluation.replay_eval import EvalError, EvalOptions, Evaluation, evaluate
+from ..evaluation.report import summary_text, write_report
+from ..model.config import ModelConfig
+from ..model.store import read_manifest
+from ..ros.replay import ReplayError, ReplayOptions, ReplaySummary, replay
+from ..ros.share import package_model_dir
+from ..runtime.arguments import add_forecast_arguments
+from ..runtime.engine import EngineOptions
+from ..synth import StreetWorld, WorldConfig
+from ..synth.cli import record
+from .harness import NodeProcess, domain_id, write_params
 
 IMAGE_TOPIC = "/camera/image_raw"
 CAMERAS = ("static", "vehicle")
-READY = "forecasting K="  # the node's log line once its model is loaded and topics are up
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("results/demo"), help="output folder")
     parser.add_argument(
-        "--frames", type=int, default=150, help="frames of each camera's synthetic bag"
+        "--frames", type=at_least(1), default=150, help="frames of each camera's synthetic bag"
     )
     parser.add_argument(
         "--cameras",
@@ -71,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     start = time.monotonic()
-    model = args.model_dir or default_model_dir()
+    model = args.model_dir or package_model_dir()
     manifest = read_manifest(model)
     backend = args.backend or (
         "onnxruntime" if any(f.startswith("onnx/") for f in manifest.files) else "torch"
@@ -119,10 +122,8 @@ def play_camera(
     height, width = config.image_size
     print(f"[demo] {camera} 1/5 street world, {camera} camera: {args.frames} frames "
           f"{height}x{width} (the model's size) -> {bag}")  # fmt: skip
-    synth = ["synth", "--out", str(bag), "--frames", str(args.frames), "--seed", str(args.seed)]
-    synth += ["--camera", camera, "--size", f"{height}x{width}"]
-    if cli(synth) != 0:
-        return None
+    world = StreetWorld(WorldConfig(height=height, width=width, camera=camera), args.seed)
+    print(record(bag, world, args.frames, image_topic=IMAGE_TOPIC))
 
     log_path = out / "node.log"
     print(f"[demo] {camera} 2/5 starting forecast_node ({backend}), log {log_path}")
@@ -168,19 +169,16 @@ def play_camera(
 
 
 def wait_ready(node: NodeProcess, timeout: float) -> bool:
-    """Until the node logs that it forecasts; False (with its log) if it exits or hangs."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if READY in node.log():
-            return True
-        if not node.running():
-            print(
-                f"deltaworld demo: forecast_node exited with code {node.process.returncode} "
-                f"before it was ready; its log ({node.log_path}):\n{tail(node.log())}",
-                file=sys.stderr,
-            )
-            return False
-        time.sleep(0.2)
+    """Until the node reports on /diagnostics; False (with its log) if it exits or hangs."""
+    if node.wait_ready(timeout):
+        return True
+    if not node.running():
+        print(
+            f"deltaworld demo: forecast_node exited with code {node.process.returncode} "
+            f"before it was ready; its log ({node.log_path}):\n{tail(node.log())}",
+            file=sys.stderr,
+        )
+        return False
     print(
         f"deltaworld demo: forecast_node not ready after {timeout:g} s; its log:\n"
         f"{tail(node.log())}",
@@ -201,12 +199,12 @@ def stop_node(node: NodeProcess, grace: float = 15.0) -> int | None:
 
 
 def run_replay(
-    bag: Path, record: Path, rate: float | None, step: float, domain: int, progress: bool
-) -> dict[str, object]:
+    bag: Path, recording: Path, rate: float | None, step: float, domain: int, progress: bool
+) -> ReplaySummary:
     options = ReplayOptions(
         bag=bag,
         image_topic=IMAGE_TOPIC,
-        record=record,
+        record=recording,
         rate=rate or 1.0,
         fast=rate is None,
         step=step,
@@ -215,11 +213,11 @@ def run_replay(
     return replay(options, domain_id=domain)
 
 
-def summary_line(summary: dict[str, object]) -> str:
+def summary_line(summary: ReplaySummary) -> str:
     return (
-        f"{summary['frames published']} frames played ({summary['mode']}), "
-        f"{summary['forecasts received']} forecasts recorded, {summary['timeouts (fast)']} "
-        f"timeouts, {summary['wall s']:.1f} s"
+        f"{summary.frames_published} frames played ({summary.mode}), "
+        f"{summary.forecasts_received} forecasts recorded, {summary.timeouts_fast} "
+        f"timeouts, {summary.wall_s:.1f} s"
     )
 
 

@@ -1,4 +1,4 @@
-"""Benchmark the running node: `python -m deltaworld_ros.ros.bench_node [--model-dir DIR]`.
+"""Benchmark the running node: `python -m deltaworld_ros.tools.bench_node [--model-dir DIR]`.
 
 Starts forecast_node as a user would (console script, params file, its own ROS domain),
 publishes rgb8 camera frames at --rate Hz stamped with the wall clock, and reports
@@ -24,7 +24,6 @@ import platform
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,23 +33,30 @@ from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
-from ..arguments import (
-    add_engine_arguments,
-    add_forecast_arguments,
-    at_least,
-    engine_options,
-    size,
-)
-from ..cli import run_command
+from ..arguments import at_least, run_command, size
 from ..io.images import stamp_ns
-from ..model.store import default_model_dir, read_manifest
+from ..model.store import read_manifest
+from ..ros import packing, topics
+from ..ros.diagnostics import (
+    FORECASTER,
+    GATED,
+    LATENCY,
+    NODE_STAGES,
+    RECEIVED,
+    STALE,
+    counter,
+    latest_cameras,
+    read_report,
+    stage_summary,
+)
+from ..ros.node import OUTPUT_QOS, SENSOR_QOS
+from ..ros.params import engine_parameters
+from ..ros.share import package_model_dir
+from ..runtime.arguments import add_engine_arguments, add_forecast_arguments, engine_options
 from ..synth import WorldConfig, render_sequence
-from . import packing
 from .harness import NodeProcess, Probe, domain_id, write_params
-from .node import OUTPUT_QOS, SENSOR_QOS
-from .params import engine_parameters
 
-NODE_STAGES = ("node: convert", "node: pack", "node: publish")
+FUTURES = topics.DEFAULT_FUTURES
 DDS_PROFILE = Path(__file__).resolve().parents[2] / "config" / "fastdds_large_frames.xml"
 PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"
 
@@ -63,37 +69,19 @@ def frames(height: int, width: int, count: int, rate: float) -> list[Image]:
     return [packing.image_message(rgb, "rgb8", Header(frame_id="camera")) for rgb in world.rgb]
 
 
-def engine_values(probe: Probe, since: float) -> list[dict[str, str]]:
-    """The engine status of every /diagnostics message that arrived after `since`."""
-    return [
-        {kv.key: kv.value for kv in status.values}
-        for arrived, msg in probe.timed("/diagnostics")
-        if arrived > since
-        for status in msg.status
-        if status.name == "deltaworld: engine"
-    ]
-
-
 def camera_values(probe: Probe) -> dict[str, str]:
-    for msg in reversed(probe.received("/diagnostics")):
-        for status in msg.status:
-            if status.name.startswith("deltaworld: camera"):
-                return {kv.key: kv.value for kv in status.values}
-    return {}
+    """The one camera's totals in the latest /diagnostics."""
+    return next(iter(latest_cameras(probe.received(topics.DIAGNOSTICS)).values()), {})
 
 
-def stage_means(reports: list[dict[str, str]]) -> dict[str, float]:
-    """Mean over the diagnostics periods of each stage's per-period mean, ms."""
-    samples: dict[str, list[float]] = defaultdict(list)
-    for values in reports:
-        for key, value in values.items():
-            if key.endswith(" mean ms"):
-                samples[key.removesuffix(" mean ms")].append(float(value))
-    return {stage: round(float(np.mean(v)), 3) for stage, v in sorted(samples.items())}
+def stage_means(probe: Probe, since: float) -> dict[str, float]:
+    """Mean over the diagnostics periods since `since` of each stage's per-period mean, ms."""
+    reports = [read_report(m) for arrived, m in probe.timed(topics.DIAGNOSTICS) if arrived > since]
+    return {stage: round(v["mean"], 3) for stage, v in sorted(stage_summary(reports).items())}
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    model_dir = args.model_dir or default_model_dir()
+    model_dir = args.model_dir or package_model_dir()
     manifest = read_manifest(model_dir, verify=False)
     height, width = args.size
     messages = frames(height, width, args.frames, args.rate)
@@ -111,8 +99,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         files = [write_params(Path(tmp) / "bench.yaml", params)]
         with NodeProcess(files, domain, Path(tmp) / "node.log") as node, Probe(domain) as probe:
-            probe.subscribe(Image, "/deltaworld/futures", OUTPUT_QOS)
-            probe.subscribe(DiagnosticArray, "/diagnostics")
+            probe.subscribe(Image, FUTURES, OUTPUT_QOS)
+            probe.subscribe(DiagnosticArray, topics.DIAGNOSTICS)
             publisher = probe.publisher(Image, "/image", SENSOR_QOS)
             sent = 0
 
@@ -129,8 +117,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     sent, count = sent + 1, count + 1
                     time.sleep(max(0.0, start + count / args.rate - time.monotonic()))
 
-            publish_for(args.warmup_timeout, until=lambda: probe.received("/deltaworld/futures"))
-            if not probe.received("/deltaworld/futures"):
+            publish_for(args.warmup_timeout, until=lambda: probe.received(FUTURES))
+            if not probe.received(FUTURES):
                 raise RuntimeError(f"no forecast within {args.warmup_timeout} s:\n{node.log()}")
             publish_for(args.warmup)
             begin, sent_before = time.time(), sent
@@ -139,8 +127,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             end = time.time()
             time.sleep(1.5)  # the last forecasts and one more diagnostics period
             after = camera_values(probe)
-            reports = engine_values(probe, begin + 1.0)
-            futures = probe.timed("/deltaworld/futures")
+            stages = stage_means(probe, begin + 1.0)
+            futures = probe.timed(FUTURES)
             code = node.interrupt()
     latencies = np.array(
         [
@@ -149,15 +137,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             if begin <= stamp_ns(msg.header) * 1e-9 <= end
         ]
     )
-    stages = stage_means(reports)
     frames_sent = sent - sent_before
 
     def delta(key: str) -> int:
-        return int(after.get(key, 0)) - int(before.get(key, 0))
+        return counter(after, key) - counter(before, key)
 
     return {
         "what": "forecast_node end to end over DDS on one machine (python -m "
-        "deltaworld_ros.ros.bench_node)",
+        "deltaworld_ros.tools.bench_node)",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
             "cpu": platform.processor() or platform.machine(),
@@ -182,9 +169,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "forecasts": {
             "received": int(latencies.size),
             "rate_hz": round(latencies.size / (end - begin), 2),
-            "frames_received_by_node": delta("frames received"),
-            "frames_dropped_stale": delta("dropped: stale"),
-            "frames_gated": delta("dropped: gated"),
+            "frames_received_by_node": delta(RECEIVED),
+            "frames_dropped_stale": delta(STALE),
+            "frames_gated": delta(GATED),
         },
         "latency_stamp_to_subscriber_ms": {
             "median": round(float(np.median(latencies)), 2),
@@ -194,11 +181,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "node_overhead_ms": {stage: stages.get(stage) for stage in NODE_STAGES},
         "node_overhead_total_ms": round(sum(stages.get(s, 0.0) for s in NODE_STAGES), 3),
         "forecaster_ms": {
-            k.removeprefix("forecaster: "): v
-            for k, v in stages.items()
-            if k.startswith("forecaster: ")
+            k.removeprefix(FORECASTER): v for k, v in stages.items() if k.startswith(FORECASTER)
         },
-        "node_stamp_to_publish_ms": stages.get("stamp to publish"),
+        "node_stamp_to_publish_ms": stages.get(LATENCY),
         "exit_code_after_sigint": code,
     }
 
@@ -244,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    prog, description = "python -m deltaworld_ros.ros.bench_node", __doc__.splitlines()[0]
+    prog, description = "python -m deltaworld_ros.tools.bench_node", __doc__.splitlines()[0]
     argv = sys.argv[1:] if argv is None else argv
     return run_command(prog, description, sys.modules[__name__], argv)
 
