@@ -64,5 +64,5 @@ def test_bench_command_writes_its_json(tmp_path, capsys):
     assert result["flops_per_stream_frame"] == pytest.approx(
         result["closed_form_flops_per_stream_frame"]
     )
-    assert {"backbone", "predict", "total", "ahead"} <= set(result["stages"])
+    assert {"backbone", "predictor", "total", "ahead"} <= set(result["stages"])
     assert "stream-frames/s" in capsys.readouterr().out

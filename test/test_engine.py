@@ -36,7 +36,7 @@ def test_reduced_precision_torch_engine_stays_near_the_fixture(
     assert y.dtype == np.float32
     assert_close(y, fixture_arrays["out/backbone/y"][0], "y", rel=3e-2)
     w = "out/world/single"
-    z_hat = engine.predict(*(fixture_arrays[f"{w}/{k}"] for k in
+    z_hat = engine.predictor(*(fixture_arrays[f"{w}/{k}"] for k in
                              ("queries", "kv", "pos_q", "pos_k")))  # fmt: skip
     assert_close(z_hat, fixture_arrays[f"{w}/z_hat"], "z_hat", rel=3e-2)
 

@@ -96,17 +96,17 @@ def test_backbone_matches_the_fixture(engine, fixture_arrays, batch):
 @pytest.mark.parametrize("batch", [1, 2, 6])
 def test_predictor_and_decoder_match_the_fixture(engine, fixture_arrays, batch):
     w = "out/world/single"
-    z_hat = engine.predict(*(fixture_arrays[f"{w}/{k}"][:batch] for k in
+    z_hat = engine.predictor(*(fixture_arrays[f"{w}/{k}"][:batch] for k in
                              ("queries", "kv", "pos_q", "pos_k")))  # fmt: skip
     close(engine, z_hat, fixture_arrays[f"{w}/z_hat"][:batch], "z_hat")
     x = np.repeat(fixture_arrays["out/backbone/y"][:, 3], K, 0)[:batch]
-    y_hat = engine.decode(fixture_arrays[f"{w}/z_hat"][:batch], x)
+    y_hat = engine.decoder(fixture_arrays[f"{w}/z_hat"][:batch], x)
     close(engine, y_hat, fixture_arrays[f"{w}/y_hat"][:batch], "y_hat")
 
 
 def test_encoder_and_head_match_the_fixture(engine, fixture_arrays):
     y = fixture_arrays["out/backbone/y"]
-    z = engine.encode(y[:, 1], y[:, 2])
+    z = engine.encoder(y[:, 1], y[:, 2])
     close(engine, z[:, 0], fixture_arrays["out/tokenizer/encode_x_y1_y_y2"], "encode")
     logits = engine.head(y.reshape(B * T, N, C))
     close(engine, logits, fixture_arrays["out/heads/seg_logits_gt"].reshape(B * T, 5, 4, 4), "seg")
@@ -124,13 +124,13 @@ def test_rollout_grows_the_context(engine, fixture_arrays):
     x = np.repeat(fixture_arrays[f"{r}/ctx"][:, -1], K, 0)
     preds = []
     for step, length in enumerate((3, 4)):
-        kv = fixture_arrays[f"{r}/kv_step{step}"]
-        assert kv.shape[1] == length
-        z_hat = engine.predict(fixture_arrays[f"{r}/queries"][step], kv,
+        context = fixture_arrays[f"{r}/kv_step{step}"]  # the fixture's name for the context
+        assert context.shape[1] == length
+        z_hat = engine.predictor(fixture_arrays[f"{r}/queries"][step], context,
                                fixture_arrays[f"{r}/pos_q"][step],
                                fixture_arrays[f"{r}/pos_k_step{step}"])  # fmt: skip
         close(engine, z_hat[:, 0], fixture_arrays[f"{r}/z_hat"][step], f"z_hat step {step}")
-        x = engine.decode(z_hat, x)
+        x = engine.decoder(z_hat, x)
         preds.append(x)
     got = np.stack(preds, 1).reshape(B, K, 2, N, C)
     close(engine, got, fixture_arrays[f"{r}/preds"], "preds")

@@ -131,9 +131,9 @@ def test_outputs_are_well_formed(engine, clip):
     assert result.current_classes.shape == (10, 12)
     assert set(result.timings) >= {
         "backbone",
-        "encode",
-        "predict",
-        "decode",
+        "encoder",
+        "predictor",
+        "decoder",
         "head",
         "post",
         "total",
@@ -284,9 +284,9 @@ def test_numpy_blas_keeps_one_thread_while_the_engine_runs(engine, clip):
         def __getattr__(self, name):
             return getattr(engine, name)
 
-        def decode(self, z, x):
+        def decoder(self, z, x):
             seen.append(blas_threads())
-            return engine.decode(z, x)
+            return engine.decoder(z, x)
 
     frames, stamps = clip
     forecaster = make(Watched())

@@ -53,7 +53,8 @@ class Predictor(nn.Module):
     def forward(
         self, queries: torch.Tensor, kv: torch.Tensor, pos_q: torch.Tensor, pos_k: torch.Tensor
     ) -> torch.Tensor:
-        """queries (B, 1, D), kv (B, L, C), pos_q (B, 1), pos_k (B, L) seconds -> (B, 1, C)."""
+        """queries (B, 1, D), context tokens kv (B, L, C), pos_q (B, 1), pos_k (B, L) seconds
+        -> (B, 1, C). The argument names are the graph's input names (engine.INPUTS)."""
         return self.predictor(queries, kv, pos_q, pos_k)
 
 

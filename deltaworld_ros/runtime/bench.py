@@ -22,10 +22,7 @@ from .flops import CountingEngine
 from .forecaster import Forecaster, FrameInput
 
 # "total" is the latency of Forecaster.process; "ahead" the work done after it (encode_ahead).
-STAGES = ("preprocess", "backbone", "encode", "predict", "decode", "head", "depth", "post",
-          "total", "ahead")  # fmt: skip
-STAGE_OF = {"backbone": "backbone", "encoder": "encode", "predictor": "predict",
-            "decoder": "decode", "head": "head", "depth": "depth"}  # fmt: skip
+STAGES = ("preprocess", *GRAPHS, "post", "total", "ahead")
 
 
 def rss_bytes() -> int:
@@ -144,11 +141,11 @@ def summarise(records: Records, streams: int) -> dict[str, Any]:
     frames = streams * len(records)
     achieved = {}
     for graph in GRAPHS:
-        seconds = float(records.stage(STAGE_OF[graph]).sum())
+        seconds = float(records.stage(graph).sum())
         if graph == "encoder":  # the anchors encoded ahead are encoder calls too
             seconds += float(records.stage("ahead").sum())
         if seconds > 0:
-            achieved[STAGE_OF[graph]] = flops[graph] / seconds
+            achieved[graph] = flops[graph] / seconds
     return {
         "steps": len(records),
         "stream_frames": frames,

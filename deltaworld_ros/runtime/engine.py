@@ -19,7 +19,8 @@ from .threads import passive_openmp
 
 GRAPHS = ("backbone", "encoder", "predictor", "decoder", "head", "depth")
 OPTIONAL_GRAPHS = ("depth",)  # a model with a depth head; exports before it lack the graph
-# The ONNX interface of each graph: input names in call order, and the output's name.
+# The ONNX interface of each graph: input names in call order, and the output's name. "kv" is
+# the predictor's context tokens, under the name exported graphs (and model dirs) carry.
 INPUTS = {
     "backbone": ("pixels",),
     "encoder": ("x", "y"),
@@ -112,6 +113,8 @@ def graph_file(graph: str, precision: str = "fp32") -> str:
 
 
 class Engine(Protocol):
+    """One method per graph, named after it; a model without a depth head has no depth graph."""
+
     config: ModelConfig
     backend: str  # "onnxruntime" or "torch"
     providers: dict[str, str]  # graph -> the provider / device it really runs on (those it has)
@@ -122,15 +125,16 @@ class Engine(Protocol):
     def backbone(self, pixels: np.ndarray) -> np.ndarray:
         """(B, 3, H, W) float32 pixel values 0..255 -> features y (B, N, C)."""
 
-    def encode(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def encoder(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """previous features x (B, N, C), current y (B, N, C) -> delta token z (B, 1, C)."""
 
-    def predict(
-        self, queries: np.ndarray, kv: np.ndarray, pos_q: np.ndarray, pos_k: np.ndarray
+    def predictor(
+        self, queries: np.ndarray, context: np.ndarray, pos_q: np.ndarray, pos_k: np.ndarray
     ) -> np.ndarray:
-        """queries (B, 1, D), history kv (B, L, C), pos_q (B, 1), pos_k (B, L) s -> (B, 1, C)."""
+        """queries (B, 1, D), context tokens (B, L, C), their times pos_q (B, 1) and
+        pos_k (B, L) in seconds -> predicted token (B, 1, C)."""
 
-    def decode(self, z: np.ndarray, x: np.ndarray) -> np.ndarray:
+    def decoder(self, z: np.ndarray, x: np.ndarray) -> np.ndarray:
         """token z (B, 1, C), reference features x (B, N, C) -> predicted features (B, N, C)."""
 
     def head(self, y: np.ndarray) -> np.ndarray:

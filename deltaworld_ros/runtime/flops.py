@@ -88,17 +88,17 @@ class CountingEngine:
         self._count("backbone", len(pixels))
         return self.inner.backbone(pixels)
 
-    def encode(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def encoder(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         self._count("encoder", len(x))
-        return self.inner.encode(x, y)
+        return self.inner.encoder(x, y)
 
-    def predict(self, queries, kv, pos_q, pos_k) -> np.ndarray:
-        self._count("predictor", len(queries), kv.shape[1])
-        return self.inner.predict(queries, kv, pos_q, pos_k)
+    def predictor(self, queries, context, pos_q, pos_k) -> np.ndarray:
+        self._count("predictor", len(queries), context.shape[1])
+        return self.inner.predictor(queries, context, pos_q, pos_k)
 
-    def decode(self, z: np.ndarray, x: np.ndarray) -> np.ndarray:
+    def decoder(self, z: np.ndarray, x: np.ndarray) -> np.ndarray:
         self._count("decoder", len(z))
-        return self.inner.decode(z, x)
+        return self.inner.decoder(z, x)
 
     def head(self, y: np.ndarray) -> np.ndarray:
         self._count("head", len(y))

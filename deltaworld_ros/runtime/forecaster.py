@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -118,8 +118,36 @@ class _Window:
 @dataclass
 class _Camera:
     gate: FrameGate
-    pending_reset: str | None = None
     windows: list[_Window] = field(default_factory=list)  # one per crop
+    reset: str | None = None  # why the history restarted, until the first forecast after it
+
+
+@dataclass
+class _Slot:
+    """One stream of a batch: a kept frame's crop and the window it joins."""
+
+    camera: str
+    stamp: float
+    window: _Window
+    pixels: np.ndarray  # (3, H, W) float32, values 0..255
+    override: StreamOverrides | None
+
+
+@dataclass
+class _Rollout:
+    """One stream's K hypotheses x T steps, rows in sampling order."""
+
+    future_stamps: np.ndarray  # (T,) s
+    delta_tokens: np.ndarray  # (K, T, C)
+    confidence: np.ndarray  # (K,) float32, sums to 1
+    classes: np.ndarray  # (K, T, h, w)
+    uncertainty: np.ndarray  # (T, h, w)
+    current_classes: np.ndarray  # (h, w)
+    history_length: int
+    features: np.ndarray | None  # (K, T, N, C) with keep_features
+    current_features: np.ndarray | None  # (N, C) with keep_features
+    depth: np.ndarray | None  # (K, T, h, w) with a depth head
+    current_depth: np.ndarray | None  # (h, w) with a depth head
 
 
 class Forecaster:
@@ -156,9 +184,9 @@ class Forecaster:
     def process(
         self, frames: Sequence[FrameInput], overrides: dict[str, StreamOverrides] | None = None
     ) -> list[Forecast | None]:
-        """One batched step over the given frames; None where a frame was gated or the
-        stream is still warming up. A malformed frame raises ValueError before any state
-        changes."""
+        """One batched step over the given frames (at most one per camera); None where a frame
+        was gated or the stream is still warming up. A malformed frame raises ValueError
+        before any state changes."""
         with limited_blas(self.config.blas_threads):
             return self._process(frames, overrides or {})
 
@@ -176,70 +204,57 @@ class Forecaster:
         start = time.perf_counter()
         with limited_blas(self.config.blas_threads):
             black = np.repeat(self._black[None], len(windows), 0)
-            tokens = self.engine.encode(black, np.stack([w.features[1] for w in windows]))
+            tokens = self.engine.encoder(black, np.stack([w.features[1] for w in windows]))
         for window, token in zip(windows, tokens[:, 0], strict=True):
             window.next_anchor = token
         return time.perf_counter() - start
-
-    def _process(
-        self, frames: Sequence[FrameInput], overrides: dict[str, StreamOverrides]
-    ) -> list[Forecast | None]:
-        timings: Counter = Counter()
-        start = time.perf_counter()
-        crops = [self._crops(frame) for frame in frames]
-        admitted = [self._admit(f, len(c)) for f, c in zip(frames, crops, strict=True)]
-        windows = [
-            self._cameras[f.stream_id].windows[i]
-            for f, c, ok in zip(frames, crops, admitted, strict=True)
-            if ok
-            for i in range(len(c))
-        ]
-        stamps = [
-            f.stamp for f, c, ok in zip(frames, crops, admitted, strict=True) if ok for _ in c
-        ]
-        pixels = [
-            self._pixels(crop) for c, ok in zip(crops, admitted, strict=True) if ok for crop in c
-        ]
-        timings["preprocess"] = time.perf_counter() - start
-        if windows:
-            y = self._timed(timings, "backbone", self.engine.backbone, np.stack(pixels))
-            self._append(windows, stamps, y, timings)
-        results: list[Forecast | None] = []
-        ready = [
-            ok
-            and all(
-                len(w.features) >= self.config.min_context
-                for w in self._cameras[f.stream_id].windows
-            )
-            for f, ok in zip(frames, admitted, strict=True)
-        ]
-        streams = [
-            (f.stream_id, w, overrides.get(f.stream_id))
-            for f, ok in zip(frames, ready, strict=True)
-            if ok
-            for w in self._cameras[f.stream_id].windows
-        ]
-        parts = iter(self._rollout(streams, timings) if streams else [])
-        for frame, crop_list, ok in zip(frames, crops, ready, strict=True):
-            if not ok:
-                results.append(None)
-                continue
-            camera = self._cameras[frame.stream_id]
-            pieces = [next(parts) for _ in crop_list]
-            forecast = pieces[0] if len(pieces) == 1 else stitch_crops(pieces)
-            forecast.reset, camera.pending_reset = camera.pending_reset, None
-            self.stats[frame.stream_id]["forecasts"] += 1
-            results.append(forecast)
-        timings["total"] = time.perf_counter() - start
-        for forecast in results:
-            if forecast is not None:
-                forecast.timings = dict(timings)
-        return results
 
     def reset(self, stream_id: str | None = None) -> None:
         """Forget one camera's history (or every camera's)."""
         for key in [k for k in self._cameras if stream_id in (None, k)]:
             del self._cameras[key]
+
+    def _process(
+        self, frames: Sequence[FrameInput], overrides: dict[str, StreamOverrides]
+    ) -> list[Forecast | None]:
+        """Gate, run the backbone and the encoder on the kept frames, roll out the ready
+        streams, then build each camera's forecast from its streams."""
+        timings: Counter = Counter()
+        start = time.perf_counter()
+        crops = self._checked_crops(frames)
+        slots: list[_Slot] = []
+        for frame, frame_crops in zip(frames, crops, strict=True):
+            if self._admit(frame, len(frame_crops)):
+                windows = self._cameras[frame.stream_id].windows
+                override = overrides.get(frame.stream_id)
+                slots += [
+                    _Slot(frame.stream_id, frame.stamp, window, self._pixels(crop), override)
+                    for window, crop in zip(windows, frame_crops, strict=True)
+                ]
+        timings["preprocess"] = time.perf_counter() - start
+        if slots:
+            pixels = np.stack([slot.pixels for slot in slots])
+            self._append(slots, self._run(timings, "backbone", pixels), timings)
+        # A camera's crops share their history length: all of them are ready, or none.
+        ready = [slot for slot in slots if len(slot.window.features) >= self.config.min_context]
+        crops_of: dict[str, list[_Rollout]] = {}
+        for slot, rollout in zip(ready, self._rollout(ready, timings), strict=True):
+            crops_of.setdefault(slot.camera, []).append(rollout)
+        timings["total"] = time.perf_counter() - start
+        return [
+            self._forecast(frame, crops_of[frame.stream_id], dict(timings))
+            if frame.stream_id in crops_of
+            else None
+            for frame in frames
+        ]
+
+    def _checked_crops(self, frames: Sequence[FrameInput]) -> list[list[np.ndarray]]:
+        """Each frame's crops (one per stream); ValueError on a malformed frame or batch."""
+        cameras = [frame.stream_id for frame in frames]
+        if len(set(cameras)) != len(cameras):
+            repeated = sorted({c for c in cameras if cameras.count(c) > 1})
+            raise ValueError(f"one frame per camera and step; cameras {repeated} come twice")
+        return [self._crops(frame) for frame in frames]
 
     def _crops(self, frame: FrameInput) -> list[np.ndarray]:
         rgb = frame.rgb
@@ -266,7 +281,7 @@ class Forecaster:
             camera.windows = [_Window() for _ in range(num_crops)]
         if verdict.restart is not None:
             stats[f"reset: {verdict.restart}"] += 1
-            camera.pending_reset = verdict.restart
+            camera.reset = verdict.restart
         return True
 
     def _pixels(self, rgb: np.ndarray) -> np.ndarray:
@@ -277,122 +292,145 @@ class Forecaster:
             )
         return rgb.transpose(2, 0, 1).astype(np.float32)  # (3, H, W), values 0..255
 
-    def _append(
-        self, windows: list[_Window], stamps: list[float], y: np.ndarray, timings: Counter
-    ) -> None:
-        """Append each frame; encode its delta and re-encode anchors whose oldest frame changed."""
-        xs, ys, targets = [], [], []
-        for window, stamp, feat in zip(windows, stamps, y, strict=True):
-            if window.features:
-                xs.append(window.features[-1])
-                ys.append(feat)
-                targets.append(window.deltas.append)
-            window.stamps.append(stamp)
-            window.features.append(feat)
+    def _append(self, slots: list[_Slot], features: np.ndarray, timings: Counter) -> None:
+        """Slide each window onto its new frame, with the delta from the frame before it and,
+        where the oldest frame changed and encode_ahead did not run, a new anchor."""
+        moved = [slot.window for slot in slots if slot.window.features]  # get a delta
+        previous = [window.features[-1] for window in moved]
+        for slot, y in zip(slots, features, strict=True):
+            window = slot.window
+            window.stamps.append(slot.stamp)
+            window.features.append(y)
             if len(window.features) > self.context_length:
                 window.stamps.popleft()
                 window.features.popleft()
                 window.deltas.popleft()
                 window.anchor, window.next_anchor = window.next_anchor, None
-            if window.anchor is None:
-                xs.append(self._black)
-                ys.append(window.features[0])
-                targets.append(lambda z, w=window: setattr(w, "anchor", z))
-        tokens = self._timed(timings, "encode", self.engine.encode, np.stack(xs), np.stack(ys))
-        for store, token in zip(targets, tokens[:, 0], strict=True):
-            store(token)
+        stale = [slot.window for slot in slots if slot.window.anchor is None]
+        x = np.stack(previous + [self._black] * len(stale))
+        y = np.stack([w.features[-1] for w in moved] + [w.features[0] for w in stale])
+        tokens = self._run(timings, "encoder", x, y)[:, 0]
+        for window, delta in zip(moved, tokens[: len(moved)], strict=True):
+            window.deltas.append(delta)
+        for window, anchor in zip(stale, tokens[len(moved) :], strict=True):
+            window.anchor = anchor
 
-    def _rollout(
-        self, streams: list[tuple[str, _Window, StreamOverrides | None]], timings: Counter
-    ) -> list[Forecast]:
+    def _rollout(self, slots: list[_Slot], timings: Counter) -> list[_Rollout]:
         """K hypotheses x T steps for every ready stream; streams with equal history length
         share each call (in steady state: all of them)."""
         by_length: dict[int, list[int]] = {}
-        for i, (_, window, _) in enumerate(streams):
-            by_length.setdefault(len(window.features), []).append(i)
-        results: list[Forecast | None] = [None] * len(streams)
+        for i, slot in enumerate(slots):
+            by_length.setdefault(len(slot.window.features), []).append(i)
+        rollouts: dict[int, _Rollout] = {}
         for members in by_length.values():
-            group = [streams[i] for i in members]
-            for i, forecast in zip(members, self._rollout_group(group, timings), strict=True):
-                results[i] = forecast
-        return results  # type: ignore[return-value]
+            group = self._rollout_group([slots[i] for i in members], timings)
+            rollouts.update(zip(members, group, strict=True))
+        return [rollouts[i] for i in range(len(slots))]
 
-    def _rollout_group(
-        self, group: list[tuple[str, _Window, StreamOverrides | None]], timings: Counter
-    ) -> list[Forecast]:
+    def _rollout_group(self, group: list[_Slot], timings: Counter) -> list[_Rollout]:
         k, horizon, g = self.config.num_hypotheses, self.config.horizon, len(group)
-        windows = [w for _, w, _ in group]
+        windows = [slot.window for slot in group]
         origin = np.array([w.stamps[0] for w in windows])  # each window's own time origin
-        future = np.stack([self._future_stamps(w, o) for _, w, o in group])  # (G, T) absolute
-        queries = np.stack([self._queries(o) for _, _, o in group], 1)  # (T, G, K, D)
-        kv = np.repeat(np.stack([np.stack([w.anchor, *w.deltas]) for w in windows]), k, 0)
-        pos_k = np.repeat(np.stack([np.array(w.stamps) for w in windows]) - origin[:, None], k, 0)
-        pos_k = pos_k.astype(np.float32)  # (G*K, L)
+        future = np.stack([self._future_stamps(slot) for slot in group])  # (G, T) absolute
+        queries = np.stack([self._queries(slot.override) for slot in group], 1)  # (T, G, K, D)
+        context = np.stack([np.stack([w.anchor, *w.deltas]) for w in windows])  # (G, L, C)
+        context = np.repeat(context, k, 0)  # (G*K, L, C), row g*K + k
+        pos_k = np.stack([np.array(w.stamps) for w in windows]) - origin[:, None]
+        pos_k = np.repeat(pos_k, k, 0).astype(np.float32)  # (G*K, L)
         current = np.stack([w.features[-1] for w in windows])  # (G, N, C)
-        x = np.repeat(current, k, 0)  # (G*K, N, C), row g*K + k
-        preds, tokens = [], []
+        x = np.repeat(current, k, 0)  # (G*K, N, C)
+        predicted, tokens = [], []
         for step in range(horizon):
             pos_q = np.repeat(future[:, step] - origin, k)[:, None].astype(np.float32)
-            z_hat = self._timed(
-                timings,
-                "predict",
-                self.engine.predict,
-                queries[step].reshape(g * k, 1, -1),
-                kv,
-                pos_q,
-                pos_k,
-            )
-            x = self._timed(timings, "decode", self.engine.decode, z_hat, x)
-            kv = np.concatenate((kv, z_hat), 1)
+            step_queries = queries[step].reshape(g * k, 1, -1)
+            z_hat = self._run(timings, "predictor", step_queries, context, pos_q, pos_k)
+            x = self._run(timings, "decoder", z_hat, x)
+            # each hypothesis goes on from its own sample
+            context = np.concatenate((context, z_hat), 1)
             pos_k = np.concatenate((pos_k, pos_q), 1)
-            preds.append(x)
+            predicted.append(x)
             tokens.append(z_hat[:, 0])
-        feats = np.stack(preds, 1)  # (G*K, T, N, C)
-        futures_and_current = np.concatenate((feats.reshape(-1, *feats.shape[2:]), current))
-        logits = self._timed(timings, "head", self.engine.head, futures_and_current)
-        depth = (
-            self._timed(timings, "depth", self.engine.depth, futures_and_current)
-            if self.has_depth
-            else None
-        )
+        features = np.stack(predicted, 1)  # (G*K, T, N, C)
+        futures = g * k * horizon  # rows of the head's batch before the current frames'
+        head_in = np.concatenate((features.reshape(futures, *features.shape[2:]), current))
+        logits = self._run(timings, "head", head_in)
+        depth = self._run(timings, "depth", head_in) if self.has_depth else None
         start = time.perf_counter()
-        maps = self._upsampled(logits).argmax(1).astype(self.class_dtype)
-        future_maps = maps[: g * k * horizon].reshape(g, k, horizon, *self.output_size)
+        maps = self._upsampled(logits).argmax(1).astype(self.class_dtype)  # (futures + G, h, w)
         if depth is not None:
-            depth = self._upsampled(depth)[:, 0].astype(np.float32)  # (G*K*T + G, h, w)
-            future_depth = depth[: g * k * horizon].reshape(g, k, horizon, *self.output_size)
-        tokens_g = np.stack(tokens, 1).reshape(g, k, horizon, -1)
-        feats_g = feats.reshape(g, k, horizon, *feats.shape[2:])
-        forecasts = []
-        for i, (stream_id, window, _) in enumerate(group):
-            confidence = kernel_density_confidence(tokens_g[i].reshape(k, -1))
-            order = np.argsort(-confidence, kind="stable")
-            forecasts.append(
-                Forecast(
-                    stream_id=stream_id,
-                    stamp=window.stamps[-1],
-                    future_stamps=future[i],
-                    classes=future_maps[i][order],
-                    confidence=confidence[order],
-                    uncertainty=disagreement(future_maps[i]),
-                    current_classes=maps[g * k * horizon + i],
-                    delta_tokens=tokens_g[i][order],
-                    order=order,
-                    history_length=len(window.features),
-                    reset=None,
-                    features=feats_g[i][order] if self.config.keep_features else None,
-                    current_features=current[i] if self.config.keep_features else None,
-                    depth=None if depth is None else future_depth[i][order],
-                    current_depth=None if depth is None else depth[g * k * horizon + i],
-                )
+            depth = self._upsampled(depth)[:, 0].astype(np.float32)  # (futures + G, h, w)
+        per_stream = (g, k, horizon)
+        maps_g = maps[:futures].reshape(*per_stream, *self.output_size)
+        depth_g = None if depth is None else depth[:futures].reshape(*per_stream, *self.output_size)
+        tokens_g = np.stack(tokens, 1).reshape(*per_stream, -1)
+        features_g = features.reshape(*per_stream, *features.shape[2:])
+        keep = self.config.keep_features
+        rollouts = [
+            _Rollout(
+                future_stamps=future[i],
+                delta_tokens=tokens_g[i],
+                confidence=kernel_density_confidence(tokens_g[i].reshape(k, -1)),
+                classes=maps_g[i],
+                uncertainty=disagreement(maps_g[i]),
+                current_classes=maps[futures + i],
+                history_length=len(windows[i].features),
+                features=features_g[i] if keep else None,
+                current_features=current[i] if keep else None,
+                depth=None if depth_g is None else depth_g[i],
+                current_depth=None if depth is None else depth[futures + i],
             )
+            for i in range(g)
+        ]
         timings["post"] += time.perf_counter() - start
-        return forecasts
+        return rollouts
 
-    def _future_stamps(self, window: _Window, override: StreamOverrides | None) -> np.ndarray:
-        if override is not None and override.future_stamps is not None:
-            return np.asarray(override.future_stamps, dtype=np.float64)
-        return window.stamps[-1] + self.frame_interval * np.arange(1, self.config.horizon + 1)
+    def _forecast(
+        self, frame: FrameInput, crops: list[_Rollout], timings: dict[str, float]
+    ) -> Forecast:
+        """The camera's forecast: its crops side by side, rows by confidence. Crops are
+        sampled independently, so row k joins every crop's k-th sample, with the product of
+        the crops' confidences (renormalised) as its own."""
+        camera = self._cameras[frame.stream_id]
+        reset, camera.reset = camera.reset, None
+        self.stats[frame.stream_id]["forecasts"] += 1
+        if len(crops) == 1:
+            confidence = crops[0].confidence
+        else:
+            joint = np.prod([crop.confidence for crop in crops], axis=0)
+            confidence = (joint / joint.sum()).astype(np.float32)
+        order = np.argsort(-confidence, kind="stable")
+
+        def side_by_side(name: str, ranked: bool = True) -> np.ndarray | None:
+            arrays = [getattr(crop, name) for crop in crops]
+            if arrays[0] is None:
+                return None
+            joined = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=-1)
+            return joined[order] if ranked else joined
+
+        single = crops[0] if len(crops) == 1 else None  # features do not stitch side by side
+        return Forecast(
+            stream_id=frame.stream_id,
+            stamp=frame.stamp,
+            future_stamps=crops[0].future_stamps,
+            classes=side_by_side("classes"),
+            confidence=confidence[order],
+            uncertainty=side_by_side("uncertainty", ranked=False),
+            current_classes=side_by_side("current_classes", ranked=False),
+            delta_tokens=side_by_side("delta_tokens"),
+            order=order,
+            history_length=min(crop.history_length for crop in crops),
+            reset=reset,
+            timings=timings,
+            features=None if single is None or single.features is None else single.features[order],
+            current_features=None if single is None else single.current_features,
+            depth=side_by_side("depth"),
+            current_depth=side_by_side("current_depth", ranked=False),
+        )
+
+    def _future_stamps(self, slot: _Slot) -> np.ndarray:
+        if slot.override is not None and slot.override.future_stamps is not None:
+            return np.asarray(slot.override.future_stamps, dtype=np.float64)
+        return slot.stamp + self.frame_interval * np.arange(1, self.config.horizon + 1)
 
     def _queries(self, override: StreamOverrides | None) -> np.ndarray:
         """(T, K, D): the override, the baseline's learned query, or seeded noise * 0.02."""
@@ -409,13 +447,11 @@ class Forecaster:
         rows, cols = self._upsample
         return np.einsum("oh,mchw,pw->mcop", rows, maps, cols, optimize=True)
 
-    @staticmethod
-    def _timed(
-        timings: Counter, stage: str, fn: Callable[..., np.ndarray], *args: np.ndarray
-    ) -> np.ndarray:
+    def _run(self, timings: Counter, graph: str, *inputs: np.ndarray) -> np.ndarray:
+        """One call of the engine's `graph`, its time counted under the graph's name."""
         start = time.perf_counter()
-        out = fn(*args)
-        timings[stage] += time.perf_counter() - start
+        out = getattr(self.engine, graph)(*inputs)
+        timings[graph] += time.perf_counter() - start
         return out
 
 
@@ -427,36 +463,3 @@ def crop_boxes(size: tuple[int, int], mode: str) -> list[list[int]]:
     if n == 1:
         return [[0, 0, w, h]]
     return [[x, 0, x + h, h] for x in (round(i * (w - h) / (n - 1)) for i in range(n))]
-
-
-def stitch_crops(parts: list[Forecast]) -> Forecast:
-    """Square crops side by side. Crops are sampled independently, so row k joins every crop's
-    k-th sample, with the product of the crops' confidences (renormalised) as its own."""
-    by_sample = [np.argsort(p.order) for p in parts]  # row of each sampling index
-    joint = np.prod([p.confidence[rows] for p, rows in zip(parts, by_sample, strict=True)], axis=0)
-    joint = joint / joint.sum()
-    order = np.argsort(-joint, kind="stable")
-
-    def side_by_side(field_name: str) -> np.ndarray:
-        arrays = [
-            getattr(p, field_name)[rows][order] for p, rows in zip(parts, by_sample, strict=True)
-        ]
-        return np.concatenate(arrays, axis=-1)
-
-    first = parts[0]
-    has_depth = first.depth is not None
-    return Forecast(
-        stream_id=first.stream_id,
-        stamp=first.stamp,
-        future_stamps=first.future_stamps,
-        classes=side_by_side("classes"),
-        confidence=joint[order].astype(np.float32),
-        uncertainty=np.concatenate([p.uncertainty for p in parts], axis=-1),
-        current_classes=np.concatenate([p.current_classes for p in parts], axis=-1),
-        delta_tokens=side_by_side("delta_tokens"),
-        order=order,
-        history_length=min(p.history_length for p in parts),
-        reset=None,
-        depth=side_by_side("depth") if has_depth else None,
-        current_depth=np.concatenate([p.current_depth for p in parts], -1) if has_depth else None,
-    )

@@ -123,15 +123,15 @@ class DeviceStep:
         now = self.stamps[:, -1:] + self.interval
         self.stamps.copy_(torch.cat([self.stamps[:, 1:], now], 1))
         origin = self.stamps[:, :1]
-        kv = torch.cat([anchor[:, None], self.deltas], 1).repeat_interleave(k, 0)
+        context = torch.cat([anchor[:, None], self.deltas], 1).repeat_interleave(k, 0)
         pos_k = (self.stamps - origin).repeat_interleave(k, 0)
         x = y.repeat_interleave(k, 0)
         preds, tokens = [], []
         for t in range(horizon):
             pos_q = (now + (t + 1) * self.interval - origin).repeat_interleave(k, 0)
-            z_hat = m.world.predictor(self.queries[t], kv, pos_q, pos_k).float()
+            z_hat = m.world.predictor(self.queries[t], context, pos_q, pos_k).float()
             x = m.tokenizer.decode(z_hat, x).float()
-            kv, pos_k = torch.cat([kv, z_hat], 1), torch.cat([pos_k, pos_q], 1)
+            context, pos_k = torch.cat([context, z_hat], 1), torch.cat([pos_k, pos_q], 1)
             preds.append(x)
             tokens.append(z_hat[:, 0])
         feats = torch.stack(preds, 1).flatten(0, 1)  # (S*K*T, N, C)

@@ -159,15 +159,15 @@ class OrtEngine:
     def backbone(self, pixels: np.ndarray) -> np.ndarray:
         return self._run("backbone", pixels)
 
-    def encode(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def encoder(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return self._run("encoder", x, y)
 
-    def predict(
-        self, queries: np.ndarray, kv: np.ndarray, pos_q: np.ndarray, pos_k: np.ndarray
+    def predictor(
+        self, queries: np.ndarray, context: np.ndarray, pos_q: np.ndarray, pos_k: np.ndarray
     ) -> np.ndarray:
-        return self._run("predictor", queries, kv, pos_q, pos_k)
+        return self._run("predictor", queries, context, pos_q, pos_k)
 
-    def decode(self, z: np.ndarray, x: np.ndarray) -> np.ndarray:
+    def decoder(self, z: np.ndarray, x: np.ndarray) -> np.ndarray:
         return self._run("decoder", z, x)
 
     def head(self, y: np.ndarray) -> np.ndarray:

@@ -226,7 +226,7 @@ class ReferenceForecaster:
             return None
         k = self.k
         origin = self.stamps[0]
-        kv = torch.cat([anchor, *self.deltas], 1).expand(k, -1, -1)
+        context = torch.cat([anchor, *self.deltas], 1).expand(k, -1, -1)
         pos_k = torch.tensor([s - origin for s in self.stamps], dtype=torch.float32, device=device)
         pos_k = pos_k.expand(k, -1)
         x = y.expand(k, -1, -1)
@@ -235,9 +235,9 @@ class ReferenceForecaster:
             when = stamp + (step + 1) * self.frame_interval - origin
             pos_q = torch.full((k, 1), when, dtype=torch.float32, device=device)
             q = torch.from_numpy(queries[step])[:, None].to(device)
-            z = m.world.predictor(q, kv, None, (pos_q,), (pos_k,))
+            z = m.world.predictor(q, context, None, (pos_q,), (pos_k,))
             x = m.tokenizer.decode(z, x, m.rope)
-            kv = torch.cat([kv, z], 1)
+            context = torch.cat([context, z], 1)
             pos_k = torch.cat([pos_k, pos_q], 1)
             preds.append(x)
         feats = torch.stack(preds, 1)  # (K, T, N, C)

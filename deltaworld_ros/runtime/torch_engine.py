@@ -75,15 +75,15 @@ class TorchEngine:
     def backbone(self, pixels: np.ndarray) -> np.ndarray:
         return self._run(self.model.backbone, pixels)
 
-    def encode(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def encoder(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return self._run(self.model.tokenizer.encode, x, y)
 
-    def predict(
-        self, queries: np.ndarray, kv: np.ndarray, pos_q: np.ndarray, pos_k: np.ndarray
+    def predictor(
+        self, queries: np.ndarray, context: np.ndarray, pos_q: np.ndarray, pos_k: np.ndarray
     ) -> np.ndarray:
-        return self._run(self.model.world.predictor, queries, kv, pos_q, pos_k)
+        return self._run(self.model.world.predictor, queries, context, pos_q, pos_k)
 
-    def decode(self, z: np.ndarray, x: np.ndarray) -> np.ndarray:
+    def decoder(self, z: np.ndarray, x: np.ndarray) -> np.ndarray:
         return self._run(self.model.tokenizer.decode, z, x)
 
     def head(self, y: np.ndarray) -> np.ndarray:

@@ -25,7 +25,6 @@ from ..model.store import ModelDirError
 from ..ros.share import package_model_dir
 from ..runtime.arguments import add_engine_arguments, add_forecast_arguments, engine_options
 from ..runtime.bench import (
-    STAGE_OF,
     peak_rss_bytes,
     run_record,
     run_steps,
@@ -161,7 +160,7 @@ def report(result: dict[str, Any]) -> str:
         f"{'stage':10s} {'median':>9s} {'p95':>9s} {'p99':>9s}  ms per step"
         f" {'GFLOP/frame':>12s} {'GFLOP/s':>9s}",
     ]
-    flops = {STAGE_OF[g]: v for g, v in result["flops_per_stream_frame"].items()}
+    flops = result["flops_per_stream_frame"]
     achieved = result["achieved_flop_per_s"]
     for stage, s in result["stages"].items():
         gflop = flops.get(stage, sum(flops.values()) if stage == "total" else None)
