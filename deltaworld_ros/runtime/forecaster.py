@@ -6,8 +6,15 @@ Each stream (a camera, or one square crop of a wide camera) keeps the features o
 predictor sees the context the model was trained on, the anchor re-encoded for the oldest
 frame of the window followed by the cached frame-to-frame deltas:
     [encode(black, y_{t-L+1}), encode(y_{t-L+1}, y_{t-L+2}), ..., encode(y_{t-1}, y_t)]
-at the frames' header times relative to the window (RoPE only sees differences).
-All streams and hypotheses go through each graph in one batched call.
+at the frames' header times relative to the window (RoPE only sees differences). Which frames
+are kept, and where a history restarts, is the frame gate's rule (gate.py).
+
+One step: the kept frames' crops become the batch's slots (one per stream), the backbone and
+the encoder extend every slot's window, the predictor and decoder roll out K hypotheses x T
+steps for the ready streams (all streams and hypotheses through each graph in one batched
+call), and each camera's Forecast is built whole from its streams' rollouts. Stage timings are
+named after the graphs (backbone, encoder, predictor, decoder, head, depth), with preprocess,
+post and total (up to the rollouts, before each Forecast is assembled) beside them.
 
 The anchor that the next frame will need (encode(black, the second-oldest frame) once the window
 is full) does not depend on that frame: `encode_ahead()` computes it after a forecast has been
