@@ -19,6 +19,7 @@ import numpy as np
 from ..errors import DeltaworldError
 from ..model.store import read_manifest, write_manifest
 from ..runtime.engine import INT8_GRAPHS, EngineOptions, graph_file
+from ..runtime.forecaster import Forecaster, ForecasterConfig, FrameInput
 from ..runtime.ort_engine import OrtEngine
 from ..synth import WorldConfig, render_sequence
 
@@ -52,12 +53,14 @@ def quantize_graph(source: Path, target: Path) -> None:
 
 
 def measure_agreement(
-    model_dir: Path, worlds: int = 2, frames: int = 12, k: int = 8, horizon: int = 3
+    model_dir: Path,
+    worlds: int = 2,
+    frames: int = 12,
+    k: int = ForecasterConfig.num_hypotheses,
+    horizon: int = ForecasterConfig.horizon,
 ) -> Agreement:
     """Forecasts of the int8 and float32 graphs over `frames` frames of `worlds` held-out
     worlds (K hypotheses, T steps, same noise)."""
-    from ..runtime.forecaster import Forecaster, ForecasterConfig, FrameInput
-
     engines = [
         OrtEngine(model_dir, EngineOptions(providers=("cpu",), strict_providers=True, precision=p))
         for p in ("fp32", "int8")

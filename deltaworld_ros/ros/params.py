@@ -100,8 +100,12 @@ SPECS: dict[str, Spec] = {
         "'' = the backend's choice (torch: cpu, onnxruntime: its providers on GPU 0)",
     ),
     "threads": Spec(0, "CPU threads of the engine; 0 = its default (all cores)", 0, 256),
-    "num_hypotheses": Spec(8, "K: forecast hypotheses per frame (futures rows)", 1, 64),
-    "horizon": Spec(3, "T: forecast steps of step_seconds each (futures columns)", 1, 32),
+    "num_hypotheses": Spec(
+        ForecasterConfig.num_hypotheses, "K: forecast hypotheses per frame (futures rows)", 1, 64
+    ),
+    "horizon": Spec(
+        ForecasterConfig.horizon, "T: forecast steps of step_seconds each (futures columns)", 1, 32
+    ),
     "frame_interval": Spec(
         0.0, "s of header time between kept frames, = one forecast step; 0 = the model's", 0, 60
     ),

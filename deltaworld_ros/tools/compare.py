@@ -92,8 +92,7 @@ def build_variants(args: argparse.Namespace, model_dir: Path, workdir: Path) -> 
     )
 
     def forecaster(precision="fp32", backend="onnxruntime", threads=args.threads, **changes):
-        providers = ("cpu",) if backend == "onnxruntime" else None
-        options = EngineOptions(backend, "cpu", precision, threads, providers)
+        options = EngineOptions(backend=backend, device="cpu", precision=precision, threads=threads)
         engine = open_engine(model_dir if precision != "int8" else int8_dir, options)
         return Forecaster(engine, replace(config, **changes))
 
