@@ -42,7 +42,10 @@ CASES = [
     ),  # fmt: skip
     ("bag-from-video {missing} --out {new}", "bag-from-video: video {missing} does not exist"),
     (f"replay --bag {{missing}} --image-topic {IMAGE} --record {{new}}", "replay: no rosbag2 at"),
-    (f"replay --bag {{bag}} --image-topic {IMAGE} --record {{bag}}", "replay: bag {bag} exists"),
+    (
+        f"replay --bag {{bag}} --image-topic {IMAGE} --record {{bag}}",
+        "replay: --record {bag} exists already",
+    ),
     ("demo --model-dir {missing} --out {new}", f"demo: {NO_MODEL}"),
     ("soak --model-dir {missing}", f"soak: {NO_MODEL}"),
     ("nope", "deltaworld: argument COMMAND: invalid choice: 'nope'"),

@@ -280,6 +280,8 @@ def replay(options: ReplayOptions, domain_id: int | None = None) -> ReplaySummar
     """Play, record, return the replay's statistics (also written to the recording)."""
     if not Path(options.bag).exists():
         raise ReplayError(f"no rosbag2 at {options.bag}")
+    if Path(options.record).exists():  # before ROS starts: nothing to clean up
+        raise ReplayError(f"--record {options.record} exists already; choose a new bag path")
     if options.rate <= 0:
         raise ReplayError(f"--rate must be > 0, got {options.rate}")
     msgtype = image_msgtype(options.bag, options.image_topic)

@@ -56,13 +56,9 @@ def add_engine_arguments(
                         help="fail unless the listed providers run")  # fmt: skip
 
 
-def engine_options(
-    args: argparse.Namespace, streams: int = 1, forecast: ForecasterConfig | None = None
-) -> EngineOptions:
-    """The options of add_engine_arguments' flags, sized for `streams` streams of forecasts
-    shaped like `forecast` (default: the flags of add_forecast_arguments)."""
-    k = forecast.num_hypotheses if forecast else args.num_hypotheses
-    horizon = forecast.horizon if forecast else args.horizon
+def engine_options(args: argparse.Namespace, streams: int = 1) -> EngineOptions:
+    """The options of add_engine_arguments' flags, sized for `streams` streams of the forecasts
+    add_forecast_arguments' flags ask for."""
     options = EngineOptions(
         backend=args.backend,
         device=args.device,
@@ -70,7 +66,7 @@ def engine_options(
         threads=args.threads,
         providers=tuple(args.providers) if args.providers else None,
         strict_providers=args.strict_providers,
-        max_batch=largest_batch(k, horizon, streams),
+        max_batch=largest_batch(args.num_hypotheses, args.horizon, streams),
     )
     options.validate()
     return options
