@@ -21,9 +21,9 @@ from deltaworld_ros.model.loading import save_weights
 from deltaworld_ros.model.store import default_model_dir, load_model, read_manifest, write_manifest
 from deltaworld_ros.model.world_model import WorldModel
 from deltaworld_ros.synth import CLASS_NAMES, PALETTE
-from deltaworld_ros.train import cli
 from deltaworld_ros.train import stages as st
 from deltaworld_ros.train.data import SynthData
+from deltaworld_ros.train.pipeline import BASELINE_FILE, STAGES, baseline_predictor
 
 
 def synth_head() -> HeadConfig:
@@ -37,11 +37,11 @@ def tiny_model_dir(tmp_path_factory):
     cfg = replace(tiny(), head=synth_head(), frame_interval=0.2)
     torch.manual_seed(0)
     model = WorldModel(cfg)
-    baseline = cli._baseline(cfg)
+    baseline = baseline_predictor(cfg)
     for module in (model.backbone, model.tokenizer, model.world, model.seg_head, baseline):
         st.init_weights(module)
     save_weights(model, directory)
-    save_file(baseline.state_dict(), str(directory / cli.BASELINE_FILE))
+    save_file(baseline.state_dict(), str(directory / BASELINE_FILE))
     provenance = {
         "data": {
             "kind": "synth",
@@ -51,7 +51,7 @@ def tiny_model_dir(tmp_path_factory):
             "vehicle_fraction": 0.5,
             "world": {"fps": 10.0},
         },
-        "baseline": cli.BASELINE_FILE,
+        "baseline": BASELINE_FILE,
     }
     write_manifest(directory, cfg, provenance)
     return directory
@@ -238,11 +238,12 @@ def test_the_default_model_loads_like_a_published_one_and_its_manifest_checks_ou
     prov = manifest.provenance
     assert prov["command"].startswith("deltaworld train")
     assert {"date", "seed", "data", "stages"} <= set(prov)
-    # depth_head: once the default model is trained with it (cfg.head.with_depth)
-    for name in (s for s in st.STAGES if s != st.DEPTH_STAGE or cfg.head.with_depth):
+    # depth_head and scorer: once the default model has them
+    added = {"depth_head": cfg.head.with_depth, "scorer": cfg.scorer.enabled}
+    for name in (s for s in STAGES if added.get(s, True)):
         stage = prov["stages"][name]
         assert stage["steps"] > 0 and np.isfinite(stage["final_loss"])
-    assert manifest.has(cli.BASELINE_FILE)
+    assert manifest.has(BASELINE_FILE)
     for module in ("backbone", "tokenizer", "world", "seg_head"):
         assert manifest.has(f"weights/{module}.safetensors")
     size = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())

@@ -24,9 +24,11 @@ from deltaworld_ros.runtime.engine import EngineOptions
 from deltaworld_ros.runtime.ort_engine import OrtEngine
 from deltaworld_ros.synth import CLASS_NAMES, PALETTE, WorldConfig, render_sequence
 from deltaworld_ros.train import cli
+from deltaworld_ros.train import scorer as sc
 from deltaworld_ros.train import stages as st
 from deltaworld_ros.train.data import SynthData, synth_store
 from deltaworld_ros.train.loop import StageSettings, read_checkpoint, train_stage
+from deltaworld_ros.train.pipeline import STAGES, baseline_predictor
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,7 +71,7 @@ def stage_parts(name: str, setup, batch: int = 4):
             st.SegHeadStage(model.seg_head, cfg.grid, weights),
             st.feature_label_sampler(store, features, batch),
         )
-    if name == st.DEPTH_STAGE:
+    if name == "depth_head":
         torch.manual_seed(3)  # the new head's init
         st.add_depth_head(model)
         return (
@@ -78,7 +80,15 @@ def stage_parts(name: str, setup, batch: int = 4):
         )
     if name == "tokenizer":
         return tokenizer_parts(model, cfg, store, features, black, weights, batch)
-    world = model.world if name == "world" else cli._baseline(cfg)
+    if name == "scorer":
+        torch.manual_seed(4)  # the new scorer's init
+        sc.add_scorer(model)
+        examples = sc.build_examples(
+            model, store, features, tokens, 3, 12, torch.Generator().manual_seed(0)
+        )
+        sc.standardise(model.scorer, examples)
+        return sc.ScorerStage(model.scorer), sc.examples_sampler(examples, batch)
+    world = model.world if name == "world" else baseline_predictor(cfg)
     if name == "baseline":
         torch.manual_seed(2)
         st.init_weights(world)
@@ -119,7 +129,7 @@ def losses(log: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in map(json.loads, log.read_text().splitlines())]
 
 
-@pytest.mark.parametrize("name", st.STAGES)
+@pytest.mark.parametrize("name", STAGES)
 def test_stage_resumes_from_its_checkpoint_exactly(name, setup, tmp_path):
     settings = StageSettings(steps=6, batch_size=4, lr=1e-3, warmup=2, log_every=1)
     module, sample = stage_parts(name, setup)
@@ -153,7 +163,7 @@ def fixed_batch_loss(module, batch) -> float:
         return float(module(*batch)[0])
 
 
-@pytest.mark.parametrize("name", st.STAGES)
+@pytest.mark.parametrize("name", STAGES)
 def test_a_short_run_lowers_the_loss(name, setup, tmp_path):
     module, sample = stage_parts(name, setup, batch=8)
     batch = sample(torch.Generator().manual_seed(123))
@@ -227,7 +237,7 @@ def test_train_from_a_rosbag_with_labels_then_from_a_video(synth_frames, tmp_pat
     assert manifest.config.frame_interval == pytest.approx(0.1, abs=0.01)  # median stamp gap
     assert manifest.provenance["data"]["kind"] == "rosbag2"
     assert manifest.config.head.class_names == CLASS_NAMES
-    assert set(manifest.provenance["stages"]) == set(st.STAGES) - {st.DEPTH_STAGE}  # no depth
+    assert set(manifest.provenance["stages"]) == set(STAGES) - {"depth_head"}  # no depth
     assert not manifest.config.head.with_depth
     load_model(out)
 

@@ -71,6 +71,14 @@ class HeadConfig:
 
 
 @dataclass(frozen=True)
+class ScorerConfig:
+    """The learned confidence (model/scorer.py); a model without one uses the kernel density."""
+
+    enabled: bool = False
+    hidden_size: int = 64
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: str
     image_size: tuple[int, int]  # (H, W) the networks run at
@@ -78,6 +86,7 @@ class ModelConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
     frame_interval: float = 0.1  # seconds between the frames the model was trained on
     context_length: int = 4  # anchor + deltas presented to the predictor
 
@@ -109,7 +118,8 @@ class ModelConfig:
         """Sizes the networks can be built with; ValueError naming the field otherwise."""
         b, t, p = self.backbone, self.tokenizer, self.predictor
         sizes = {f"config.{part}.{f.name}": getattr(sub, f.name)
-                 for part, sub in (("backbone", b), ("tokenizer", t), ("predictor", p))
+                 for part, sub in (("backbone", b), ("tokenizer", t), ("predictor", p),
+                                   ("scorer", self.scorer))
                  for f in fields(sub) if isinstance(getattr(sub, f.name), int)
                  and not isinstance(getattr(sub, f.name), bool)}  # fmt: skip
         checks = [

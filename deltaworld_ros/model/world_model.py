@@ -10,13 +10,15 @@ from .deltatok import DeltaTok
 from .deltaworld import DeltaWorld
 from .dinov3 import DINOv3
 from .heads import DepthHead, SegHead
+from .scorer import Scorer
 
-# Module name -> the published file it is stored in (see loading.py).
-MODULES = ("backbone", "tokenizer", "world", "seg_head", "depth_head")
+# Module name -> the file it is stored in (see loading.py); the scorer is this package's own.
+MODULES = ("backbone", "tokenizer", "world", "seg_head", "depth_head", "scorer")
 
 
 class WorldModel(nn.Module):
-    """backbone (frozen VFM), tokenizer (DeltaTok), world (DeltaWorld predictor), heads."""
+    """backbone (frozen VFM), tokenizer (DeltaTok), world (DeltaWorld predictor), heads, and
+    the optional learned confidence (scorer)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -36,6 +38,7 @@ class WorldModel(nn.Module):
             if cfg.head.with_depth
             else None
         )
+        self.scorer = Scorer(cfg.scorer, c) if cfg.scorer.enabled else None
 
     def black_features(self) -> torch.Tensor:
         """Features of the all-black uint8 frame, the x of the anchor token: (1, N, C)."""

@@ -5,10 +5,10 @@
     deltaworld train --video drive.mp4 --init-model models/default --out M   # (c)-(e) only
     python -m torch.distributed.run --nproc_per_node 2 -m deltaworld_ros.train.cli --out M
 
-Stages run in the order backbone, seg_head, depth_head (where the data has depth: the synth
-world), tokenizer, world, baseline. A stage whose
-checkpoint in --work-dir is complete is loaded, not retrained, so re-running the same command
-after an interruption continues where it stopped.
+Stages run in the order of pipeline.PIPELINE: backbone, seg_head, depth_head (where the data
+has depth: the synth world), tokenizer, world, baseline, scorer. A stage whose checkpoint in
+--work-dir is complete is loaded, not retrained, so re-running the same command after an
+interruption continues where it stopped.
 """
 
 from __future__ import annotations
@@ -38,10 +38,9 @@ from safetensors.torch import save_file
 from ..arguments import run_command, size
 from ..errors import DeltaworldError, UsageError
 from ..model.config import HeadConfig, ModelConfig, preset
-from ..model.deltaworld import DeltaWorld
 from ..model.loading import load_module_file, save_weights
 from ..model.probes import MIN_TOKEN_RELIANCE, TokenProbe
-from ..model.store import read_manifest, write_manifest
+from ..model.store import load_model, read_manifest, write_manifest
 from ..model.world_model import WorldModel
 from ..synth import WorldConfig
 from . import stages as st
@@ -60,11 +59,19 @@ from .loop import (
     checkpoint_path,
     init_distributed,
     load_stage_weights,
-    read_checkpoint,
     train_stage,
 )
-
-BASELINE_FILE = "weights/world_baseline.safetensors"
+from .pipeline import (
+    BASELINE_FILE,
+    FROM_INIT_MODEL,
+    PIPELINE,
+    STAGES,
+    Session,
+    baseline_predictor,
+    check_ready,
+    finished,
+    requested_stages,
+)
 
 # Tuned for the default model (`small` preset) on a 2-core CPU; see the README, "Training".
 DEFAULTS: dict[str, StageSettings] = {
@@ -74,6 +81,7 @@ DEFAULTS: dict[str, StageSettings] = {
     "tokenizer": StageSettings(steps=2500, batch_size=16, lr=1e-3),
     "world": StageSettings(steps=1500, batch_size=32, lr=5e-4),
     "baseline": StageSettings(steps=1500, batch_size=32, lr=5e-4),
+    "scorer": StageSettings(steps=1500, batch_size=64, lr=2e-3),
 }
 
 
@@ -82,9 +90,9 @@ def _stage_values(text: str, kind: type) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, given, value = part.partition("=")
-        stages = [name] if given else list(st.STAGES)
-        if given and name not in st.STAGES:
-            raise UsageError(f"unknown stage {name!r} in {text!r}; stages: {', '.join(st.STAGES)}")
+        stages = [name] if given else list(STAGES)
+        if given and name not in STAGES:
+            raise UsageError(f"unknown stage {name!r} in {text!r}; stages: {', '.join(STAGES)}")
         try:
             parsed = kind(value if given else part)
         except ValueError:
@@ -168,7 +176,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train = parser.add_argument_group("stages")
     train.add_argument(
         "--stages",
-        help=f"comma-separated subset of {','.join(st.STAGES)} (default all; depth_head only "
+        help=f"comma-separated subset of {','.join(STAGES)} (default all; depth_head only "
         "where the data has depth)",
     )
     train.add_argument("--steps", default="", help="'N' or 'stage=N,...' (default: tuned table)")
@@ -185,6 +193,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=3,
         help="rollout steps the predictor is trained for (default 3)",
+    )
+    train.add_argument(
+        "--scorer-contexts",
+        type=int,
+        default=1024,
+        help="context windows the scorer stage rolls out (K=12 hypotheses each; default 1024)",
     )
     train.add_argument("--seed", type=int, default=0, help="initialisation, sampling, world seeds")
     train.add_argument(
@@ -273,125 +287,72 @@ def _model_config(args: argparse.Namespace) -> tuple[ModelConfig, Path | None]:
     return replace(cfg, head=HeadConfig(names, palette)), None
 
 
-def _baseline(cfg: ModelConfig) -> DeltaWorld:
-    return DeltaWorld(
-        replace(cfg.predictor, use_bom=False), cfg.token_size, cfg.backbone.initializer_range
-    )
+def _initial_model(
+    cfg: ModelConfig, init_dir: Path | None, seed: int
+) -> tuple[WorldModel, torch.nn.Module]:
+    """The model and the baseline predictor: from --init-model, or freshly initialised."""
+    torch.manual_seed(seed)
+    model = WorldModel(cfg)
+    baseline = baseline_predictor(cfg)
+    for module in (model.backbone, model.world, baseline, model.seg_head):
+        st.init_weights(module)
+    st.init_weights(model.tokenizer, std=None)  # the token must cross its layers from step 0
+    if init_dir is not None:
+        model = load_model(init_dir)
+        if (init_dir / BASELINE_FILE).is_file():
+            load_module_file(baseline, init_dir / BASELINE_FILE)
+    return model, baseline
 
 
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     dist = init_distributed()
-    requested = [s.strip() for s in (args.stages or ",".join(st.STAGES)).split(",") if s.strip()]
-    unknown = sorted(set(requested) - set(st.STAGES))
-    if unknown:
-        raise UsageError(f"unknown stages {unknown}; choose from {', '.join(st.STAGES)}")
+    requested_stages(args.stages, has_depth=True)  # unknown names fail before any work
     settings = _settings(args)
     if args.fresh and dist.main:
-        for name in st.STAGES:
+        for name in STAGES:
             checkpoint_path(args.work_dir, name).unlink(missing_ok=True)
             (args.work_dir / name / "metrics.jsonl").unlink(missing_ok=True)
+        for examples in (args.work_dir / "scorer").glob("examples-r*.pt"):
+            examples.unlink()
     dist.barrier()
 
     cfg, init_dir = _model_config(args)
-    torch.manual_seed(args.seed)
-    model = WorldModel(cfg)
-    baseline = _baseline(cfg)
-    for module in (model.backbone, model.world, baseline, model.seg_head):
-        st.init_weights(module)
-    st.init_weights(model.tokenizer, std=None)  # the token must cross its layers from step 0
-    if init_dir is not None:
-        from ..model.store import load_model
-
-        model = load_model(init_dir)
-        if (init_dir / BASELINE_FILE).is_file():
-            load_module_file(baseline, init_dir / BASELINE_FILE)
+    model, baseline = _initial_model(cfg, init_dir, args.seed)
     t0 = time.perf_counter()
     store = _load_data(args, cfg, dist)
-    cfg = replace(cfg, frame_interval=store.frame_interval)
-    model.cfg = cfg
+    model.cfg = replace(model.cfg, frame_interval=store.frame_interval)
     data_seconds = time.perf_counter() - t0
-    if args.stages is None and store.depth is None:
-        requested.remove(st.DEPTH_STAGE)
+    requested = requested_stages(args.stages, store.depth is not None)
     if dist.main:
         print(
             f"data: {len(store.rgb)} frames in {len(store.clips)} clips of {store.clip_length} "
             f"at {store.frame_interval:.3f} s ({data_seconds:.0f} s) from {store.source['kind']}",
             flush=True,
         )
-
-    loaded = init_dir is not None
-    trained = {"backbone": loaded, "seg_head": loaded, "tokenizer": loaded}
+    session = Session(model, baseline, store, args, dist)
+    trained = session.trained
+    trained.update(FROM_INIT_MODEL if init_dir is not None else ())
     results: dict[str, dict[str, Any]] = {}
-    features = tokens = black = None
-    seq_len = cfg.context_length + args.horizon
-    weights = None
-    for name in st.STAGES:
-        s = settings[name]
-        has_ckpt = checkpoint_path(args.work_dir, name).is_file()
-        if name == st.DEPTH_STAGE and model.depth_head is None and (name in requested or has_ckpt):
-            cfg = st.add_depth_head(model)
+    for stage in PIPELINE:
+        name, s = stage.name, settings[stage.name]
+        done = finished(args.work_dir, name)
+        if stage.optional is not None and stage.optional[0](model) and (name in requested or done):
+            stage.optional[1](model)
         if name not in requested:
-            if has_ckpt and read_checkpoint(checkpoint_path(args.work_dir, name))["step"] >= 1:
-                _load_finished(name, model, baseline, cfg, args.work_dir, store)
-                trained[name] = True
+            if done:
+                load_stage_weights(stage.module(session, s), args.work_dir, name)
+                trained.add(name)
+                session.forget(name)
             continue
-        if name == st.DEPTH_STAGE and store.depth is None:
-            raise UsageError(
-                f"stage {name} needs depth, which the synth world renders and "
-                f"{store.source['kind']} data lacks; leave it out of --stages"
-            )
-        if name in ("seg_head", st.DEPTH_STAGE, "tokenizer") and not trained["backbone"]:
-            raise UsageError(
-                f"stage {name} needs a trained backbone: run the backbone stage "
-                f"or pass --init-model DIR"
-            )
-        if name in ("world", "baseline") and not trained["tokenizer"]:
-            raise UsageError(
-                f"stage {name} needs a trained tokenizer: run the tokenizer stage "
-                f"or pass --init-model DIR"
-            )
-        if name == "tokenizer" and weights is None and store.labels is not None:
-            weights = st.class_weights(store.labels, cfg.head.num_classes)
-        if name in st.LABEL_STAGES and weights is None:
-            if store.labels is None:
-                raise UsageError(
-                    f"stage {name} needs labels; give --label-topic, or leave it out "
-                    f"with --stages and --init-model"
-                )
-            weights = st.class_weights(store.labels, cfg.head.num_classes)
-        if name != "backbone" and features is None:
-            features = st.compute_features(model.backbone, store.rgb)
-            black = st.black_features(model)
-        if name in ("world", "baseline") and tokens is None:
-            tokens = st.compute_tokens(model.tokenizer, features, black, store.prev)
-        module, sample = _stage(
-            name,
-            model,
-            baseline,
-            cfg,
-            store,
-            s,
-            features,
-            tokens,
-            black,
-            weights,
-            args,
-            seq_len,
-            trained,
-        )
+        check_ready(stage, session, trained)
+        module, sample = stage.module(session, s), stage.sampler(session, s)
         result = train_stage(
-            name,
-            module,
-            sample,
-            s,
-            args.work_dir,
-            dist,
-            args.seed,
-            args.stop_at,
+            name, module, sample, s, args.work_dir, dist, args.seed, args.stop_at,
             not args.no_progress,
-        )
-        trained[name] = True
+        )  # fmt: skip
+        trained.add(name)
+        session.forget(name)
         results[name] = {
             **asdict(result),
             "batch_size": s.batch_size,
@@ -404,15 +365,12 @@ def run(args: argparse.Namespace) -> int:
                 f"{result.final_loss:.4f}, {result.seconds:.0f} s",
                 flush=True,
             )
-        if name == "backbone":
-            features = None  # the backbone changed
         if name == "tokenizer":
-            tokens = None
             results[name]["token_probe"] = _check_tokenizer(
-                model, store, features, dist, args.min_token_reliance
+                model, store, session.features(), dist, args.min_token_reliance
             )
     if dist.main:
-        _write_model_dir(args, cfg, model, baseline, store, results, data_seconds)
+        _write_model_dir(args, model.cfg, model, baseline, store, results, data_seconds)
     dist.barrier()
     return 0
 
@@ -446,61 +404,6 @@ def _check_tokenizer(
             "(--frame-interval), or pass --min-token-reliance 0 to keep it anyway."
         )
     return {group: p.as_dict() for group, p in pooled.items()}
-
-
-def _stage(
-    name, model, baseline, cfg, store, s, features, tokens, black, weights, args, seq_len, trained
-):
-    """The stage module and its batch sampler. `trained`: which parts hold trained weights (a
-    tokenizer from --init-model is fine-tuned without the curriculum of a fresh one; a trained
-    seg head teaches it to decode what the head reads as the truth)."""
-    if name == "backbone":
-        return (
-            st.BackboneStage(model.backbone, cfg.head.num_classes, weights),
-            st.labelled_frames_sampler(store, s.batch_size),
-        )
-    if name == "seg_head":
-        return (
-            st.SegHeadStage(model.seg_head, cfg.grid, weights),
-            st.feature_label_sampler(store, features, s.batch_size),
-        )
-    if name == st.DEPTH_STAGE:
-        return (
-            st.DepthHeadStage(model.depth_head, cfg.grid),
-            st.feature_depth_sampler(store, features, s.batch_size),
-        )
-    if name == "tokenizer":
-        stage = st.TokenizerStage(
-            model.tokenizer,
-            change_weight=2.0,
-            encoder_warmup_steps=0 if trained["tokenizer"] else int(0.12 * s.steps),
-            token_bias_steps=0 if trained["tokenizer"] else int(0.28 * s.steps),
-            segment=st.frozen_segmenter(model.seg_head, cfg.grid) if trained["seg_head"] else None,
-            class_weights=weights,
-        )
-        sampler = st.pair_sampler(
-            store, features, black, s.batch_size, rollout_clips=s.batch_size // 4
-        )
-        return stage, sampler
-    world = model.world if name == "world" else baseline
-    return (
-        st.WorldStage(world, args.candidates),
-        st.sequence_sampler(store, tokens, seq_len, s.batch_size),
-    )
-
-
-def _load_finished(name, model, baseline, cfg, work_dir, store) -> None:
-    """Weights of a stage trained by an earlier run in the same work dir."""
-    weights = torch.ones(cfg.head.num_classes)
-    module = {
-        "backbone": lambda: st.BackboneStage(model.backbone, cfg.head.num_classes, weights),
-        "seg_head": lambda: st.SegHeadStage(model.seg_head, cfg.grid, weights),
-        st.DEPTH_STAGE: lambda: st.DepthHeadStage(model.depth_head, cfg.grid),
-        "tokenizer": lambda: st.TokenizerStage(model.tokenizer),
-        "world": lambda: st.WorldStage(model.world, 1),
-        "baseline": lambda: st.WorldStage(baseline, 1),
-    }[name]()
-    load_stage_weights(module, work_dir, name)
 
 
 def _git_commit() -> str | None:

@@ -11,6 +11,7 @@
 (d) world      DeltaWorld best-of-many on offline-tokenised clips (anchor + deltas) at their
                header times: S candidate noise queries per target, only the best is trained.
 (e) baseline   the same predictor with one learned query and no sampling (deterministic).
+(f) scorer     the learned confidence (scorer.py). Their order and needs: pipeline.py.
 """
 
 from __future__ import annotations
@@ -32,10 +33,6 @@ from ..model.heads import DepthHead, SegHead, to_grid
 from ..model.probes import TokenProbe, partner_pairs, probe_tokens
 from ..model.world_model import WorldModel
 from .data import FrameStore
-
-STAGES = ("backbone", "seg_head", "depth_head", "tokenizer", "world", "baseline")
-LABEL_STAGES = ("backbone", "seg_head")
-DEPTH_STAGE = "depth_head"  # runs where the data has depth (the synth world)
 
 
 def init_weights(module: nn.Module, std: float | None = 0.02) -> None:
