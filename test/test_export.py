@@ -6,6 +6,7 @@ Tolerances: float32 graphs 1e-4 * max(1, max|ref|) (the fixtures'); the float16 
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 import shutil
@@ -28,26 +29,37 @@ from deltaworld_ros.model.loading import save_weights
 from deltaworld_ros.model.store import ModelDirError, read_manifest, write_manifest
 from deltaworld_ros.model.world_model import WorldModel
 from deltaworld_ros.runtime.engine import (
-    CONTEXT_INPUTS,
     GRAPHS,
     EngineOptions,
+    dynamic_axes,
     graph_file,
     open_engine,
 )
 from deltaworld_ros.runtime.ort_engine import OrtEngine, ProviderError
+from deltaworld_ros.runtime.postprocess import softmax
 from deltaworld_ros.runtime.providers import provider_problem
 from deltaworld_ros.runtime.torch_engine import TorchEngine
+from deltaworld_ros.train.scorer import add_scorer
 
 B, T, K, N, C = 2, 5, 3, 16, 64
 FP16 = 1e-2
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_model, tmp_path_factory):
+def scored_model(tiny_model):
+    """The fixture model with a learned scorer (random weights): every graph a model can have."""
+    model = copy.deepcopy(tiny_model)
+    torch.manual_seed(0)
+    add_scorer(model)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model_dir(scored_model, tmp_path_factory):
     directory = tmp_path_factory.mktemp("tiny_model")
-    save_weights(tiny_model, directory)
-    write_manifest(directory, tiny_model.cfg, {"source": "shared fixtures, random weights"})
-    export_model(tiny_model, directory, read_manifest(directory).provenance, fp16=True)
+    save_weights(scored_model, directory)
+    write_manifest(directory, scored_model.cfg, {"source": "shared fixtures, random weights"})
+    export_model(scored_model, directory, read_manifest(directory).provenance, fp16=True)
     return directory
 
 
@@ -76,14 +88,15 @@ def test_the_manifest_pins_every_graph_and_records_the_export(model_dir):
     )
 
 
-def test_batch_and_context_axes_are_symbolic(model_dir):
+def test_batch_context_hypotheses_and_steps_axes_are_symbolic(model_dir, scored_model):
     for graph in GRAPHS:
         proto = onnx.load(str(model_dir / graph_file(graph)))
+        axes = dynamic_axes(scored_model.cfg, graph)
         for value in proto.graph.input:
             dims = value.type.tensor_type.shape.dim
             assert dims[0].dim_param, f"{graph}.{value.name} has a fixed batch"
-            if value.name in CONTEXT_INPUTS:
-                assert dims[1].dim_param, f"{graph}.{value.name} has a fixed context"
+            for axis, name in axes[value.name].items():
+                assert dims[axis].dim_param, f"{graph}.{value.name} has a fixed {name}"
 
 
 @pytest.mark.parametrize("batch", [1, 2, 6])
@@ -116,6 +129,20 @@ def test_depth_matches_the_fixture(engine, fixture_arrays):
     y = fixture_arrays["out/backbone/y"].reshape(B * T, N, C)
     depth = engine.depth(y)
     close(engine, depth, fixture_arrays["out/heads/depth_gt"].reshape(B * T, 1, 4, 4), "depth")
+
+
+@pytest.mark.parametrize(("k", "steps", "context"), [(1, 1, 1), (8, 3, 4), (20, 5, 9)])
+def test_the_scorer_matches_its_torch_module(engine, scored_model, k, steps, context):
+    """Any K, T and context length; confidences (softmax of the logits) sum to 1."""
+    gen = torch.Generator().manual_seed(k)
+    inputs = [torch.randn(*shape, generator=gen) for shape in
+              ((2, k, steps, C), (2, context, C), (2, k, steps, N, C), (2, N, C))]  # fmt: skip
+    with torch.no_grad():
+        ref = scored_model.scorer(*inputs).numpy()
+    got = engine.score(*(t.numpy() for t in inputs))
+    assert got.shape == (2, k)
+    assert_close(got, ref, "scorer")  # float32 in every precision (FP32_ONLY)
+    assert softmax(got).sum(1) == pytest.approx(1.0, abs=1e-6)
 
 
 def test_rollout_grows_the_context(engine, fixture_arrays):
@@ -193,6 +220,7 @@ QUIET_START = """
 import logging, sys
 from deltaworld_ros.runtime.engine import EngineOptions
 from deltaworld_ros.runtime.ort_engine import OrtEngine, ProviderError
+from deltaworld_ros.runtime.postprocess import softmax
 from deltaworld_ros.runtime.providers import provider_problem
 logging.basicConfig(level=logging.INFO, format="%(message)s")
 engine = OrtEngine(sys.argv[1])  # the default: tensorrt, cuda, cpu
@@ -250,6 +278,15 @@ def test_a_model_dir_without_graphs_says_how_to_export(tiny_model, tmp_path):
     write_manifest(tmp_path, tiny_model.cfg, {})
     with pytest.raises(ModelDirError, match="deltaworld export --model-dir"):
         OrtEngine(tmp_path, EngineOptions(providers=("cpu",)))
+
+
+def test_a_model_with_a_scorer_but_no_scorer_graph_says_how_to_export(model_dir, tmp_path):
+    shutil.copytree(model_dir, tmp_path / "model")
+    manifest = read_manifest(tmp_path / "model")
+    (tmp_path / "model" / graph_file("scorer")).unlink()
+    write_manifest(tmp_path / "model", manifest.config, manifest.provenance)
+    with pytest.raises(ModelDirError, match="no onnx/scorer.onnx.*deltaworld export"):
+        OrtEngine(tmp_path / "model", providers=("cpu",))
 
 
 def test_the_deterministic_baseline_exposes_its_learned_query(model_dir, tiny_model, tmp_path):

@@ -37,8 +37,9 @@ class Parity:
 
 def cases(model: WorldModel, graph: str) -> list[tuple[int, int | None]]:
     """(batch, context) pairs: two batch sizes (1 catches a graph specialised to B > 1); the
-    predictor also at a single token and at the longest context of a rollout."""
-    if graph != "predictor":
+    predictor (and the scorer, which reads the context) also at a single token and at the
+    longest context of a rollout."""
+    if graph not in ("predictor", "scorer"):
         return [(1, None), (3, None)]
     ctx = model.cfg.context_length
     return [(1, ctx), (3, ctx), (2, 1), (5, ctx + 3)]

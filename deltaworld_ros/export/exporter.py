@@ -20,7 +20,7 @@ import torch
 from ..errors import DeltaworldError
 from ..model.store import Manifest, write_manifest
 from ..model.world_model import WorldModel
-from ..runtime.engine import CONTEXT_INPUTS
+from ..runtime.engine import dynamic_axes
 from .check import TOLERANCE, Parity, check_graph
 from .fp16 import KEEP_FP32, to_float16
 from .graphs import OPSET, SPECS, export_graph, graph_names
@@ -28,7 +28,9 @@ from .graphs import OPSET, SPECS, export_graph, graph_names
 log = logging.getLogger(__name__)
 
 ONNX_DIR = "onnx"
-FP32_ONLY = ("predictor",)  # its time RoPE turns seconds into angles of hundreds of radians
+# the predictor's time RoPE turns seconds into angles of hundreds of radians; the scorer takes
+# logs of squared feature differences far below float16's smallest normal number
+FP32_ONLY = ("predictor", "scorer")
 
 
 class ExportError(DeltaworldError):
@@ -56,7 +58,7 @@ def export_model(
             path = staging / f"{graph}.onnx"
             log.info("exporting %s -> %s", graph, path)
             export_graph(model, graph, path)
-            _check_interface(graph, path)
+            _check_interface(model, graph, path)
             if check:
                 parity += check_graph(model, graph, path)
             if fp16:
@@ -93,8 +95,8 @@ def export_model(
     return write_manifest(directory, model.cfg, provenance), parity
 
 
-def _check_interface(graph: str, path: Path) -> None:
-    """Every input's batch axis (and the predictor's context axis) must be symbolic."""
+def _check_interface(model: WorldModel, graph: str, path: Path) -> None:
+    """Every input's dynamic axes (batch, context, hypotheses, steps) must be symbolic."""
     spec = SPECS[graph]
     proto = onnx.load(str(path), load_external_data=False)
     names = [i.name for i in proto.graph.input]
@@ -103,9 +105,10 @@ def _check_interface(graph: str, path: Path) -> None:
             f"{graph}: exported inputs {names} / outputs {[o.name for o in proto.graph.output]}, "
             f"expected {list(spec.inputs)} -> {spec.output}"
         )
+    dynamic = dynamic_axes(model.cfg, graph)
     for value in proto.graph.input:
         dims = value.type.tensor_type.shape.dim
-        axes = (0, 1) if value.name in CONTEXT_INPUTS else (0,)
+        axes = tuple(dynamic[value.name])
         fixed = [a for a in axes if not dims[a].dim_param]
         if fixed:
             raise ExportError(

@@ -1,8 +1,9 @@
 """The inference graphs as small torch modules with named inputs, and their ONNX export.
 
 Each wrapper's forward signature names the ONNX inputs; every graph has a dynamic batch axis,
-the predictor also a dynamic context length. The exporter is torch.export-based
-(`dynamo=True`): it traces with symbolic sizes, so nothing is specialised to the example batch.
+the predictor also a dynamic context length, the scorer dynamic hypotheses and steps too. The
+exporter is torch.export-based (`dynamo=True`): it traces with symbolic sizes, so nothing is
+specialised to the example batch.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from ..model.world_model import WorldModel
-from ..runtime.engine import CONTEXT_INPUTS, INPUTS, OUTPUTS
+from ..runtime.engine import INPUTS, OUTPUTS, dynamic_axes
 
 OPSET = 18  # LayerNormalization is native (>= 17); SDPA decomposes into MatMul/Softmax
 
@@ -90,6 +91,23 @@ class Depth(nn.Module):
         return self.depth_head(y, self.grid)
 
 
+class Scorer(nn.Module):
+    def __init__(self, model: WorldModel) -> None:
+        super().__init__()
+        self.scorer = model.scorer
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        context: torch.Tensor,
+        features: torch.Tensor,
+        present: torch.Tensor,
+    ) -> torch.Tensor:
+        """tokens (B, K, T, C), context (B, L, C), features (B, K, T, N, C), present (B, N, C)
+        -> calibrated logits (B, K)."""
+        return self.scorer(tokens, context, features, present)
+
+
 @dataclass(frozen=True)
 class GraphSpec:
     name: str
@@ -113,20 +131,23 @@ SPECS = {
         ("decoder", Decoder),
         ("head", Head),
         ("depth", Depth),
+        ("scorer", Scorer),
     )
 }
 
 
 def graph_names(model: WorldModel) -> list[str]:
-    """The graphs this model has (head and depth only with their heads)."""
-    heads = {"head": model.seg_head, "depth": model.depth_head}
-    return [g for g in SPECS if heads.get(g, model) is not None]
+    """The graphs this model has (head, depth and scorer only with their modules)."""
+    parts = {"head": model.seg_head, "depth": model.depth_head, "scorer": model.scorer}
+    return [g for g in SPECS if parts.get(g, model) is not None]
 
 
 def example_inputs(
     model: WorldModel, graph: str, batch: int, context: int | None = None, seed: int = 0
 ) -> tuple[torch.Tensor, ...]:
-    """Random inputs in each graph's working range (features ~ unit scale, stamps in seconds)."""
+    """Random inputs in each graph's working range (features ~ unit scale, stamps in seconds).
+    The scorer's hypotheses and steps change with the batch (K = batch + 4, T = batch % 3 + 1),
+    so that the cases of a parity check differ from the export's sizes in every dynamic axis."""
     cfg = model.cfg
     gen = torch.Generator().manual_seed(seed)
     n, c, d = cfg.num_patches, cfg.token_size, cfg.predictor.hidden_size
@@ -148,6 +169,10 @@ def example_inputs(
         return queries, randn(batch, length, c), stamps[:, length:], stamps[:, :length]
     if graph in ("head", "depth"):
         return (randn(batch, n, c),)
+    if graph == "scorer":
+        k, steps = batch + 4, batch % 3 + 1
+        features = randn(batch, k, steps, n, c)
+        return randn(batch, k, steps, c), randn(batch, length, c), features, randn(batch, n, c)
     raise ValueError(f"unknown graph {graph!r}; graphs: {list(SPECS)}")
 
 
@@ -155,11 +180,10 @@ def export_graph(model: WorldModel, graph: str, path: Path) -> None:
     """torch.onnx.export of one graph with a dynamic batch (and context length)."""
     spec = SPECS[graph]
     module = spec.wrapper(model).eval()
-    batch = torch.export.Dim("batch", min=1)
-    context = torch.export.Dim("context", min=1)
+    dims = {name: torch.export.Dim(name, min=1) for name in ("B", "L", "K", "T")}
     dynamic = {
-        name: {0: batch, 1: context} if name in CONTEXT_INPUTS else {0: batch}
-        for name in spec.inputs
+        name: {axis: dims[size] for axis, size in axes.items()}
+        for name, axes in dynamic_axes(model.cfg, graph).items()
     }
     args = example_inputs(model, graph, batch=2, context=max(2, model.cfg.context_length))
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -77,6 +77,13 @@ class ScorerConfig:
     enabled: bool = False
     hidden_size: int = 64
 
+    # per hypothesis: 6 descriptors per step and their offsets from the mean of the K, over
+    # the steps and at the last one (2 x 2 x 6), 2 of the context, then the token offset
+    DESCRIPTORS = 2 * 2 * 6 + 2
+
+    def input_size(self, token_size: int) -> int:
+        return self.DESCRIPTORS + token_size
+
 
 @dataclass(frozen=True)
 class ModelConfig:

@@ -20,21 +20,14 @@ from torch import nn
 from .config import ScorerConfig
 
 EPS = 1e-6
-STEP_DESCRIPTORS = 6  # per hypothesis and step, before the offsets from the mean of the K
-CONTEXT_DESCRIPTORS = 2
-
-
-def num_inputs(token_size: int) -> int:
-    """Width of the scorer's input: descriptors (mean over steps, last step) + context +
-    the token offset."""
-    return 2 * 2 * STEP_DESCRIPTORS + CONTEXT_DESCRIPTORS + token_size
 
 
 def descriptors(
     tokens: torch.Tensor, context: torch.Tensor, features: torch.Tensor, present: torch.Tensor
 ) -> torch.Tensor:
     """tokens (B, K, T, C), context (B, L, C), features (B, K, T, N, C) decoded per step,
-    present (B, N, C) the last context frame's features -> (B, K, num_inputs(C))."""
+    present (B, N, C) the last context frame's features -> (B, K, ScorerConfig.input_size(C)).
+    """
     b, k = tokens.shape[:2]
     spread = (features - features.mean(1, keepdim=True)).square().mean(-1)  # (B, K, T, N)
     before = torch.cat((present[:, None, None].expand(b, k, 1, -1, -1), features[:, :, :-1]), 2)
@@ -63,7 +56,7 @@ class Scorer(nn.Module):
 
     def __init__(self, cfg: ScorerConfig, token_size: int) -> None:
         super().__init__()
-        width = num_inputs(token_size)
+        width = cfg.input_size(token_size)
         self.register_buffer("shift", torch.zeros(width))  # set from the training data
         self.register_buffer("scale", torch.ones(width))
         h = cfg.hidden_size

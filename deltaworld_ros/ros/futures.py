@@ -59,10 +59,12 @@ def make_layout(
     crop: str,
     source_size: tuple[int, int],
     depth: bool = False,
+    confidence: str = "kernel density",
 ) -> dict[str, Any]:
     """The `futures/layout` JSON body. tile_size is (h, w) of one tile, the crops of a wide
     frame side by side in it; "crops" locates each in the source frame (see crop_boxes).
-    "depth" describes futures/depth, null when the model has no depth head."""
+    "depth" describes futures/depth, null when the model has no depth head; "confidence" says
+    where futures/confidence comes from: "learned scorer" or "kernel density"."""
     return {
         "format": LAYOUT_FORMAT,
         "camera": camera,
@@ -71,6 +73,7 @@ def make_layout(
         "tile_size": [int(tile_size[0]), int(tile_size[1])],
         "step_seconds": float(step_seconds),
         "rows": "hypotheses, sorted by confidence (futures/confidence), most confident first",
+        "confidence": confidence,
         "columns": "horizon steps: column t is header.stamp + (t + 1) * step_seconds",
         "encoding": encoding,
         "class_names": list(class_names),

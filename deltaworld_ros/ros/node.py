@@ -335,6 +335,7 @@ class Forecasting:
             crop=self.settings.forecaster.crop,
             source_size=source_size,
             depth=self.forecaster.has_depth,
+            confidence=self.forecaster.confidence_source,
         )
 
 

@@ -17,7 +17,7 @@ from ..errors import UsageError
 from ..model.config import ModelConfig
 from .threads import passive_openmp
 
-GRAPHS = ("backbone", "encoder", "predictor", "decoder", "head", "depth")
+GRAPHS = ("backbone", "encoder", "predictor", "decoder", "head", "depth", "scorer")
 OPTIONAL_GRAPHS = ("depth",)  # a model with a depth head; exports before it lack the graph
 # The ONNX interface of each graph: input names in call order, and the output's name. "kv" is
 # the predictor's context tokens, under the name exported graphs (and model dirs) carry.
@@ -28,10 +28,10 @@ INPUTS = {
     "decoder": ("z", "x"),
     "head": ("y",),
     "depth": ("y",),
+    "scorer": ("tokens", "context", "features", "present"),
 }
 OUTPUTS = {"backbone": "y", "encoder": "z", "predictor": "z_hat", "decoder": "y_hat",
-           "head": "logits", "depth": "depth"}  # fmt: skip
-CONTEXT_INPUTS = ("kv", "pos_k")  # the predictor's inputs whose axis 1 is the context length
+           "head": "logits", "depth": "depth", "scorer": "score"}  # fmt: skip
 
 
 INT8_GRAPHS = ("decoder",)  # quantized by `deltaworld export --int8`; the rest stay float32
@@ -88,7 +88,8 @@ def largest_batch(num_hypotheses: int, horizon: int, streams: int) -> int:
 
 def graph_shapes(cfg: ModelConfig) -> dict[str, dict[str, tuple[int | str, ...]]]:
     """Each graph's inputs and output as the engine feeds and reads them, by name: "B" is the
-    batch axis, "L" the context length, the other sizes follow from the config."""
+    batch axis, "L" the context length, "K" the hypotheses and "T" the steps of a forecast
+    (all dynamic in the graphs); the other sizes follow from the config."""
     h, w = cfg.image_size
     n, c, d = cfg.num_patches, cfg.token_size, cfg.predictor.hidden_size
     return {
@@ -99,7 +100,19 @@ def graph_shapes(cfg: ModelConfig) -> dict[str, dict[str, tuple[int | str, ...]]
         "decoder": {"z": ("B", 1, c), "x": ("B", n, c), "y_hat": ("B", n, c)},
         "head": {"y": ("B", n, c), "logits": ("B", cfg.head.num_classes, *cfg.grid)},
         "depth": {"y": ("B", n, c), "depth": ("B", 1, *cfg.grid)},
+        "scorer": {"tokens": ("B", "K", "T", c), "context": ("B", "L", c),
+                   "features": ("B", "K", "T", n, c), "present": ("B", n, c),
+                   "score": ("B", "K")},
     }  # fmt: skip
+
+
+def dynamic_axes(cfg: ModelConfig, graph: str) -> dict[str, dict[int, str]]:
+    """The named (dynamic) axes of each input of a graph: {input: {axis: "B" | "L" | ...}}."""
+    shapes = graph_shapes(cfg)[graph]
+    return {
+        name: {axis: size for axis, size in enumerate(shapes[name]) if isinstance(size, str)}
+        for name in INPUTS[graph]
+    }
 
 
 def graph_file(graph: str, precision: str = "fp32") -> str:
@@ -142,6 +155,13 @@ class Engine(Protocol):
 
     def depth(self, y: np.ndarray) -> np.ndarray:
         """features (B, N, C) -> depth in metres on the patch grid (B, 1, h, w)."""
+
+    def scorer(
+        self, tokens: np.ndarray, context: np.ndarray, features: np.ndarray, present: np.ndarray
+    ) -> np.ndarray:
+        """sampled tokens (B, K, T, C), context tokens (B, L, C), decoded features
+        (B, K, T, N, C), last context frame's features (B, N, C) -> calibrated logits (B, K):
+        softmax over K is the confidence (model/scorer.py)."""
 
 
 def open_engine(model_dir: str | Path, options: EngineOptions | None = None) -> Engine:

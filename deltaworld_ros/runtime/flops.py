@@ -20,8 +20,10 @@ def _block(tokens: int, dim: int, hidden: int, heads: int, deltatok: bool) -> in
     return projections + attention + mlp + gate
 
 
-def graph_flops(cfg: ModelConfig, graph: str, context: int | None = None) -> int:
-    """FLOPs of one batch row of a graph; the predictor's depend on its context length."""
+def graph_flops(cfg: ModelConfig, graph: str, context: int | None = None, steps: int = 1) -> int:
+    """FLOPs of one batch row of a graph; the predictor's depend on its context length. A row
+    of the scorer is one hypothesis of `steps` steps: its descriptors over the decoded
+    features (spread around the mean of the K, change per step) and its MLP."""
     n, c = cfg.num_patches, cfg.token_size
     bb, tok, pr = cfg.backbone, cfg.tokenizer, cfg.predictor
     if graph == "backbone":
@@ -51,13 +53,16 @@ def graph_flops(cfg: ModelConfig, graph: str, context: int | None = None) -> int
         return 2 * n * c * cfg.head.num_classes
     if graph == "depth":  # 1x1 conv to the bins, then the expectation over them
         return 2 * n * c * cfg.head.depth_bins + 2 * n * cfg.head.depth_bins
+    if graph == "scorer":
+        width, hidden = cfg.scorer.input_size(c), cfg.scorer.hidden_size
+        return steps * 2 * 3 * n * c + 2 * (width * hidden + hidden * hidden + hidden)
     raise ValueError(f"unknown graph {graph!r}")
 
 
 def frame_flops(cfg: ModelConfig, k: int, horizon: int, context: int) -> dict[str, int]:
     """Steady-state FLOPs per stream-frame: one backbone pass, the new delta plus the re-encoded
     anchor, K x T predictor and decoder rows (context growing by one token per step), and the
-    heads (segmentation, depth) on K x T forecasts + the current frame."""
+    heads (segmentation, depth) on K x T forecasts + the current frame, the scorer's K rows."""
     return {
         "backbone": graph_flops(cfg, "backbone"),
         "encoder": 2 * graph_flops(cfg, "encoder"),
@@ -65,6 +70,7 @@ def frame_flops(cfg: ModelConfig, k: int, horizon: int, context: int) -> dict[st
         "decoder": k * horizon * graph_flops(cfg, "decoder"),
         "head": (k * horizon + 1) * graph_flops(cfg, "head") if cfg.head.num_classes else 0,
         "depth": (k * horizon + 1) * graph_flops(cfg, "depth") if cfg.head.with_depth else 0,
+        "scorer": k * graph_flops(cfg, "scorer", steps=horizon) if cfg.scorer.enabled else 0,
     }
 
 
@@ -81,8 +87,8 @@ class CountingEngine:
         self.precision = engine.precision
         self.flops: dict[str, int] = dict.fromkeys(GRAPHS, 0)
 
-    def _count(self, graph: str, rows: int, context: int | None = None) -> None:
-        self.flops[graph] += rows * graph_flops(self.config, graph, context)
+    def _count(self, graph: str, rows: int, context: int | None = None, steps: int = 1) -> None:
+        self.flops[graph] += rows * graph_flops(self.config, graph, context, steps)
 
     def backbone(self, pixels: np.ndarray) -> np.ndarray:
         self._count("backbone", len(pixels))
@@ -107,6 +113,10 @@ class CountingEngine:
     def depth(self, y: np.ndarray) -> np.ndarray:
         self._count("depth", len(y))
         return self.inner.depth(y)
+
+    def scorer(self, tokens, context, features, present) -> np.ndarray:
+        self._count("scorer", tokens.shape[0] * tokens.shape[1], steps=tokens.shape[2])
+        return self.inner.scorer(tokens, context, features, present)
 
     def take(self) -> dict[str, int]:
         counted, self.flops = self.flops, dict.fromkeys(GRAPHS, 0)

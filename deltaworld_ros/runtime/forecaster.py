@@ -33,7 +33,7 @@ from PIL import Image
 
 from .engine import Engine
 from .gate import MAX_GAP, TOLERANCE, FrameGate, GateSettings
-from .postprocess import bilinear_matrix, disagreement, kernel_density_confidence
+from .postprocess import bilinear_matrix, disagreement, kernel_density_confidence, softmax
 from .threads import limited_blas
 
 
@@ -175,6 +175,9 @@ class Forecaster:
         self.output_size = tuple(config.output_size or (4 * self.grid[0], 4 * self.grid[1]))
         self.class_dtype = np.uint8 if model.head.num_classes <= 256 else np.uint16
         self.has_depth = "depth" in engine.providers
+        # the model's learned scorer when it has one, else the training-free kernel density
+        self.has_scorer = "scorer" in engine.providers
+        self.confidence_source = "learned scorer" if self.has_scorer else "kernel density"
         self.query_dim = model.predictor.hidden_size
         self.query_scale = model.backbone.initializer_range
         self.image_size = model.image_size
@@ -345,6 +348,7 @@ class Forecaster:
         pos_k = np.stack([np.array(w.stamps) for w in windows]) - origin[:, None]
         pos_k = np.repeat(pos_k, k, 0).astype(np.float32)  # (G*K, L)
         current = np.stack([w.features[-1] for w in windows])  # (G, N, C)
+        history = context[::k]  # (G, L, C), the scorer's context
         x = np.repeat(current, k, 0)  # (G*K, N, C)
         predicted, tokens = [], []
         for step in range(horizon):
@@ -371,12 +375,19 @@ class Forecaster:
         depth_g = None if depth is None else depth[:futures].reshape(*per_stream, *self.output_size)
         tokens_g = np.stack(tokens, 1).reshape(*per_stream, -1)
         features_g = features.reshape(*per_stream, *features.shape[2:])
+        if self.has_scorer:
+            timings["post"] += time.perf_counter() - start
+            scores = self._run(timings, "scorer", tokens_g, history, features_g, current)
+            confidences = softmax(scores)
+            start = time.perf_counter()
+        else:
+            confidences = [kernel_density_confidence(t.reshape(k, -1)) for t in tokens_g]
         keep = self.config.keep_features
         rollouts = [
             _Rollout(
                 future_stamps=future[i],
                 delta_tokens=tokens_g[i],
-                confidence=kernel_density_confidence(tokens_g[i].reshape(k, -1)),
+                confidence=confidences[i],
                 classes=maps_g[i],
                 uncertainty=disagreement(maps_g[i]),
                 current_classes=maps[futures + i],

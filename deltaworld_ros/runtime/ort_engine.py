@@ -92,6 +92,8 @@ class OrtEngine:
         self.providers: dict[str, str] = {}
         self.files: dict[str, str] = {}  # graph -> its file in the model dir
         for graph in GRAPHS:
+            if graph == "scorer" and not self.config.scorer.enabled:
+                continue  # a model without a learned confidence
             relative = graph_file(graph, precision)
             if not manifest.has(relative):
                 headless = graph == "head" and not self.config.head.num_classes
@@ -176,6 +178,11 @@ class OrtEngine:
     def depth(self, y: np.ndarray) -> np.ndarray:
         return self._run("depth", y)
 
+    def scorer(
+        self, tokens: np.ndarray, context: np.ndarray, features: np.ndarray, present: np.ndarray
+    ) -> np.ndarray:
+        return self._run("scorer", tokens, context, features, present)
+
 
 def requested_providers(options: EngineOptions) -> list[str]:
     """The providers to try, in order, by their ONNX Runtime names: those listed, else
@@ -251,20 +258,22 @@ def check_interface(
 
 def _trt_profiles(cfg: ModelConfig, graph: str, max_batch: int) -> dict[str, str]:
     """TensorRT shape profiles (min/opt/max) so a new batch or context size reuses the engine
-    instead of rebuilding it; batch up to max_batch, context up to 4 x the model's."""
+    instead of rebuilding it; batch up to max_batch, context up to 4 x the model's, the
+    scorer's hypotheses and steps up to the node's limits (64, 32)."""
     ctx = cfg.context_length
     shapes = {
         name: dims[1:] for name, dims in graph_shapes(cfg)[graph].items() if name in INPUTS[graph]
     }
 
-    def profile(batch: int, context: int) -> str:
+    def profile(batch: int, context: int, k: int, steps: int) -> str:
+        sizes = {"L": context, "K": k, "T": steps}
         return ",".join(
-            f"{name}:" + "x".join(str(context if s == "L" else s) for s in (batch, *dims))
+            f"{name}:" + "x".join(str(sizes.get(s, s)) for s in (batch, *dims))
             for name, dims in shapes.items()
         )
 
     return {
-        "trt_profile_min_shapes": profile(1, 1),
-        "trt_profile_opt_shapes": profile(max(1, max_batch // 4), ctx),
-        "trt_profile_max_shapes": profile(max_batch, 4 * ctx),
+        "trt_profile_min_shapes": profile(1, 1, 1, 1),
+        "trt_profile_opt_shapes": profile(max(1, max_batch // 4), ctx, 8, 3),
+        "trt_profile_max_shapes": profile(max_batch, 4 * ctx, 64, 32),
     }

@@ -41,6 +41,12 @@ def kernel_density_confidence(samples: np.ndarray) -> np.ndarray:
     return (density / density.sum()).astype(np.float32)
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, float32 (a scorer's logits -> confidences summing to 1)."""
+    shifted = np.exp(logits - logits.max(-1, keepdims=True))
+    return (shifted / shifted.sum(-1, keepdims=True)).astype(np.float32)
+
+
 def disagreement(maps: np.ndarray) -> np.ndarray:
     """Per-pixel share of hypotheses off the per-pixel mode: (K, T, h, w) -> (T, h, w)."""
     k = maps.shape[0]

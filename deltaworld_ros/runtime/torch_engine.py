@@ -56,7 +56,8 @@ class TorchEngine:
         self.device = device
         self.dtype = dtype
         self.precision = options.precision
-        graphs = [g for g in GRAPHS if g != "depth" or model.depth_head is not None]
+        optional = {"depth": model.depth_head, "scorer": model.scorer}
+        graphs = [g for g in GRAPHS if optional.get(g, model) is not None]
         self.providers = {g: f"torch:{device}" for g in graphs}
         q_embed = model.world.q_embed
         self.learned_query = None if q_embed is None else q_embed.weight[0].detach().cpu().numpy()
@@ -97,3 +98,10 @@ class TorchEngine:
         if head is None:
             raise RuntimeError(f"model {self.config.name!r} has no depth head")
         return self._run(lambda f: head(f, self.config.grid), y)
+
+    def scorer(
+        self, tokens: np.ndarray, context: np.ndarray, features: np.ndarray, present: np.ndarray
+    ) -> np.ndarray:
+        if self.model.scorer is None:
+            raise RuntimeError(f"model {self.config.name!r} has no scorer")
+        return self._run(self.model.scorer, tokens, context, features, present)
