@@ -24,6 +24,7 @@ from deltaworld_ros.synth import CLASS_NAMES, PALETTE
 from deltaworld_ros.train import stages as st
 from deltaworld_ros.train.data import SynthData
 from deltaworld_ros.train.pipeline import BASELINE_FILE, STAGES, baseline_predictor
+from deltaworld_ros.train.scorer import add_scorer
 
 
 def synth_head() -> HeadConfig:
@@ -32,7 +33,7 @@ def synth_head() -> HeadConfig:
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
-    """A random-weight tiny model laid out like a trained one (baseline included)."""
+    """A random-weight tiny model laid out like a trained one (baseline and scorer included)."""
     directory = tmp_path_factory.mktemp("tiny_model")
     cfg = replace(tiny(), head=synth_head(), frame_interval=0.2)
     torch.manual_seed(0)
@@ -40,6 +41,7 @@ def tiny_model_dir(tmp_path_factory):
     baseline = baseline_predictor(cfg)
     for module in (model.backbone, model.tokenizer, model.world, model.seg_head, baseline):
         st.init_weights(module)
+    cfg = add_scorer(model)
     save_weights(model, directory)
     save_file(baseline.state_dict(), str(directory / BASELINE_FILE))
     provenance = {
@@ -104,6 +106,7 @@ def test_evaluate_world_writes_the_table_and_metrics(tiny_model_dir, tmp_path):
                 assert h["best_of_k"]["feature_loss"] <= h["single"]["feature_loss"] * 1.0001
     rows = {row["measure"]: row for row in metrics["targets"]}
     assert len(rows["token reliance, vehicle camera"]["values"]) == 2
+    assert len(rows["Spearman(confidence, error) (learned scorer), all cases"]["values"]) == 2
     assert metrics["all_targets_met"] is False  # random weights: the oracle is far below 70
     assert rows["seg head on the true features, mIoU"]["passed"] is False
     branched = sum(c["branched_cases"] for s in metrics["seed_sets"] for c in s["cameras"])
@@ -121,6 +124,27 @@ def test_evaluate_world_draws_the_branched_case_its_hypotheses_disagree_most_on(
     assert {c["camera"]: c for c in seed_set["cameras"]}["all"]["branched_cases"] > 0
     with Image.open(tmp_path / "figure.png") as figure:
         assert figure.format == "PNG" and min(figure.size) > 100
+
+
+def test_evaluate_world_puts_the_learned_confidence_beside_the_kernel_density(
+    tiny_model_dir, tmp_path
+):
+    """Both sources on the same cases: what the most confident hypothesis is worth against a
+    random and the best one, Spearman, calibration and the reliability diagram."""
+    assert evaluate(tmp_path, tiny_model_dir, "--num-hypotheses", "5") == 0
+    table = (tmp_path / "table.md").read_text()
+    assert "### Confidence, both cameras" in table
+    assert "| measure | kernel density, all (all) | learned scorer, all (all) |" in table
+    assert (tmp_path / "reliability.png").stat().st_size > 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    everything = {c["camera"]: c for c in metrics["seed_sets"][0]["cameras"]}["all"]
+    assert {"kernel density, all", "learned scorer, all"} <= set(everything["confidence"])
+    for scores in everything["confidence"].values():
+        assert 0 <= scores["top_is_best"] <= 1 and 1 / 5 <= scores["chance"] <= 1  # ties
+        assert scores["best_error"] <= scores["most_confident_error"] + 1e-9
+        assert scores["best_error"] <= scores["random_error"] + 1e-9
+        assert -1 <= scores["spearman"] <= 1 and 0 <= scores["ece"] <= 1
+        assert sum(b["count"] for b in scores["reliability"]) == 5 * scores["cases"]
 
 
 def tokenless_copy(model_dir, out_dir):

@@ -286,7 +286,7 @@ def test_a_model_with_a_scorer_but_no_scorer_graph_says_how_to_export(model_dir,
     (tmp_path / "model" / graph_file("scorer")).unlink()
     write_manifest(tmp_path / "model", manifest.config, manifest.provenance)
     with pytest.raises(ModelDirError, match="no onnx/scorer.onnx.*deltaworld export"):
-        OrtEngine(tmp_path / "model", providers=("cpu",))
+        OrtEngine(tmp_path / "model", EngineOptions(providers=("cpu",)))
 
 
 def test_the_deterministic_baseline_exposes_its_learned_query(model_dir, tiny_model, tmp_path):

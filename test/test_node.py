@@ -183,6 +183,7 @@ def test_outputs_have_the_documented_types_shapes_and_headers(tmp_path, domain, 
     assert layout["step_seconds"] == pytest.approx(STEP_NS / NS)
     assert len(layout["class_names"]) == len(layout["palette"]) == 5
     assert layout["crops"] == [[0, 0, SIZE[1], SIZE[0]]] and layout["source_size"] == list(SIZE)
+    assert layout["confidence"] == "kernel density"  # the tiny export has no learned scorer
     h, w = layout["tile_size"]
     assert (futures.encoding, futures.height, futures.width) == ("mono8", K * h, T * w)
 

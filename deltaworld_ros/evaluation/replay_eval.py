@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from deltaworld_ros.arguments import at_least
 from deltaworld_ros.errors import UsageError
+from deltaworld_ros.evaluation.confidence import ConfidenceQuality
 from deltaworld_ros.evaluation.metrics import (
     IGNORE,
     confusion,
@@ -38,7 +39,6 @@ from deltaworld_ros.evaluation.metrics import (
     feature_error,
     iou_per_class,
     mean_iou,
-    spearman,
 )
 from deltaworld_ros.evaluation.report import summary_text, write_report
 from deltaworld_ros.io.bags import (
@@ -73,10 +73,9 @@ from deltaworld_ros.runtime.forecaster import (
 )
 from deltaworld_ros.runtime.gate import GATED, STAMP_BACKWARDS, GateSettings
 from deltaworld_ros.runtime.intake import WRONG_SIZE, CameraGate
-from deltaworld_ros.runtime.postprocess import disagreement
+from deltaworld_ros.runtime.postprocess import disagreement, kernel_density_confidence
 
 BASELINES = ("most_confident", "best_of_k", "mean_of_k", "copy_last", "copy_last_target")
-RELIABILITY_BINS = 8
 LABEL_WORDS = ("label", "semantic", "segmentation")  # how --label-topic auto finds labels
 
 
@@ -94,68 +93,7 @@ class _Pending:
     last_target: np.ndarray | None  # the present frame's own target (copy-last of the target)
     targets: list[int | None]  # kept-frame index each step is scored against
     errors: dict[int, np.ndarray] = field(default_factory=dict)  # step -> (K,) error
-
-
-class ConfidenceQuality:
-    """How the confidence ranks hypotheses by error: per step and over whole rollouts."""
-
-    def __init__(self, horizon: int, num_hypotheses: int) -> None:
-        self.rows: dict[int | None, list[dict[str, float]]] = {s: [] for s in range(horizon)}
-        self.rows[None] = []  # whole rollouts: error averaged over the scored steps
-        self.by_rank = {s: np.zeros(num_hypotheses) for s in range(horizon)}
-        self.rank_counts = {s: 0 for s in range(horizon)}
-        self.pairs: list[tuple[float, float]] = []  # (confidence, share of "is the best")
-
-    def add(self, step: int | None, confidence: np.ndarray, errors: np.ndarray) -> None:
-        order = np.argsort(-confidence, kind="stable")
-        errors = errors[order]
-        confidence = confidence[order]
-        is_best = errors <= errors.min()
-        self.rows[step].append(
-            {
-                "most_confident": float(errors[0]),
-                "random": float(errors.mean()),
-                "best": float(errors.min()),
-                "top_is_best": float(is_best[0]),
-                "chance": float(is_best.mean()),
-                "spearman": spearman(confidence, errors),
-            }
-        )
-        if step is None:
-            share = is_best / is_best.sum()
-            self.pairs.extend(zip(confidence.tolist(), share.tolist(), strict=True))
-        elif len(errors) == len(self.by_rank[step]):
-            self.by_rank[step] += errors
-            self.rank_counts[step] += 1
-
-    def summary(self, step: int | None) -> dict[str, Any]:
-        rows = self.rows[step]
-        if not rows:
-            return {"forecasts": 0}
-        out: dict[str, Any] = {"forecasts": len(rows)}
-        for key in rows[0]:
-            values = np.array([r[key] for r in rows])
-            finite = values[np.isfinite(values)]
-            out[key] = float(finite.mean()) if len(finite) else None
-        if step is not None and self.rank_counts[step]:
-            out["error_by_rank"] = (self.by_rank[step] / self.rank_counts[step]).tolist()
-        return out
-
-    def reliability(self) -> list[dict[str, float]]:
-        """Confidence in quantile bins vs how often a hypothesis of that bin was the best."""
-        if not self.pairs:
-            return []
-        conf, best = np.array(self.pairs).T
-        edges = np.unique(np.quantile(conf, np.linspace(0, 1, RELIABILITY_BINS + 1)))
-        which = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, max(len(edges) - 2, 0))
-        return [
-            {
-                "confidence": float(conf[which == b].mean()),
-                "best_rate": float(best[which == b].mean()),
-                "count": int((which == b).sum()),
-            }
-            for b in np.unique(which)
-        ]
+    kernel: np.ndarray | None = None  # (K,) the kernel density beside a learned confidence
 
 
 class _Scorer:
@@ -165,6 +103,7 @@ class _Scorer:
         self.horizon = horizon
         self.pending: list[_Pending] = []
         self.quality = ConfidenceQuality(horizon, num_hypotheses)
+        self.kernel_quality = ConfidenceQuality(horizon, num_hypotheses)  # beside a scorer
         self.horizon_s: list[list[float]] = [[] for _ in range(horizon)]
         self.forecasts = 0
 
@@ -182,6 +121,8 @@ class _Scorer:
                         if errors is not None:
                             entry.errors[step] = errors
                             self.quality.add(step, entry.confidence, errors)
+                            if entry.kernel is not None:
+                                self.kernel_quality.add(step, entry.kernel, errors)
                             self.horizon_s[step].append((stamp_ns - entry.stamp_ns) / 1e9)
         self.flush(index)
 
@@ -195,6 +136,8 @@ class _Scorer:
             elif entry.errors:
                 mean = np.mean([entry.errors[s] for s in sorted(entry.errors)], axis=0)
                 self.quality.add(None, entry.confidence, mean)
+                if entry.kernel is not None:
+                    self.kernel_quality.add(None, entry.kernel, mean)
         self.pending = keep
 
     def _score(self, entry: _Pending, step: int, target: np.ndarray) -> np.ndarray | None:
@@ -674,6 +617,7 @@ class Evaluator:
                     offline.current_features,
                     None,
                     _pad([f.index for f in futures], self.horizon),
+                    kernel=self._kernel(offline),
                 )
             )
         if self.depth is not None:
@@ -706,6 +650,7 @@ class Evaluator:
                 offline.current_classes if offline is not None else None,
                 target,
                 [f.index if f is not None else None for f in chosen],
+                kernel=self._kernel(offline) if self.options.predictions is None else None,
             )
         )
         self._offer_example(frame, chosen, target, hypotheses, confidence, offline)
@@ -765,6 +710,19 @@ class Evaluator:
                          offline.current_depth, None, _pad([f.index for f in futures],
                                                            self.horizon))
             )  # fmt: skip
+
+    def _confidence_source(self) -> str:
+        """Where the scored forecasts' confidence comes from (the node's layout says it)."""
+        if self.recording is not None:
+            return self.recording.layout.get("confidence", "not in the node's layout")
+        return self.forecaster.confidence_source
+
+    def _kernel(self, offline: Forecast) -> np.ndarray | None:
+        """The kernel density of an offline forecast's rows, when its confidence is the
+        learned scorer's (scored side by side); None otherwise."""
+        if not self.forecaster.has_scorer:
+            return None
+        return kernel_density_confidence(offline.delta_tokens.reshape(self.num_hypotheses, -1))
 
     def _offline(self, frame: KeptFrame, futures: list[KeptFrame]) -> Forecast | None:
         """The Forecaster on this frame, told the true stamps of the frames that came next
@@ -859,8 +817,7 @@ class Evaluator:
                 "forecasts": self.classes.forecasts,
                 "class_names": self.class_names,
                 "steps": class_steps,
-                "rollout_confidence": self.classes.quality.summary(None),
-                "reliability": self.classes.quality.reliability(),
+                **_confidence(self.classes, self._confidence_source()),
                 "present_miou": _finite(mean_iou(present)) if present.any() else None,
             },
             "latency_ms": _latency(self.timings, stats.read_s, self.recording),
@@ -887,10 +844,26 @@ class Evaluator:
                 "source": "offline Forecaster run",
                 "error": "mean squared error over patches and channels",
                 "steps": self.features.summary(),
-                "rollout_confidence": self.features.quality.summary(None),
-                "reliability": self.features.quality.reliability(),
+                **_confidence(self.features, self.forecaster.confidence_source),
             }
         return metrics
+
+
+def _confidence(scorer: _Scorer, source: str) -> dict[str, Any]:
+    """Confidence quality of whole rollouts: the forecasts' own, and the kernel density's
+    beside a learned scorer."""
+    out = {
+        "confidence_source": source,
+        "rollout_confidence": scorer.quality.summary(None) | scorer.quality.calibration(),
+        "reliability": scorer.quality.reliability(),
+    }
+    if scorer.kernel_quality.rows[None]:
+        kernel = scorer.kernel_quality
+        out["kernel_density"] = {
+            "rollout_confidence": kernel.summary(None) | kernel.calibration(),
+            "reliability": kernel.reliability(),
+        }
+    return out
 
 
 @dataclass

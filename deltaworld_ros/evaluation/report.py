@@ -109,13 +109,19 @@ def summary_text(metrics: dict[str, Any]) -> str:
             f"{_num(step['rmse'].get('most_confident'), 2)} m, best of K AbsRel "
             f"{_num(step['abs_rel'].get('best_of_k'))}"
         )
-    quality = metrics["class_maps"]["rollout_confidence"]
-    if quality.get("forecasts"):
-        lines.append(
-            f"  confidence: most confident is the best {_num(quality['top_is_best'], 2)} of the "
-            f"time (chance {_num(quality['chance'], 2)}), Spearman(conf, error) "
-            f"{_num(quality['spearman'], 2)}"
-        )
+    class_maps = metrics["class_maps"]
+    sources = [(class_maps.get("confidence_source", "confidence"), class_maps)]
+    if "kernel_density" in class_maps:
+        sources.append(("kernel density", class_maps["kernel_density"]))
+    for source, part in sources:
+        quality = part["rollout_confidence"]
+        if quality.get("forecasts"):
+            lines.append(
+                f"  confidence ({source}): most confident is the best "
+                f"{_num(quality['top_is_best'], 2)} of the time (chance "
+                f"{_num(quality['chance'], 2)}), Spearman(conf, error) "
+                f"{_num(quality['spearman'], 2)}, ECE {_num(quality.get('ece'), 3)}"
+            )
     lines += [f"  note: {n}" for n in metrics["notes"]]
     return "\n".join(lines)
 
@@ -268,7 +274,10 @@ def report_blocks(metrics: dict[str, Any], figures: dict[str, Path]) -> list[Blo
             "Error of the most confident hypothesis vs a random one (the mean over K) and the "
             "best one; how often the most confident is the best (chance: a random pick); "
             "Spearman rank correlation of confidence and error over the K hypotheses of a "
-            "forecast, averaged (negative: more confident hypotheses err less).",
+            "forecast, averaged (negative: more confident hypotheses err less); expected "
+            "calibration error of whole rollouts (10 equal-width confidence bins, over every "
+            "hypothesis). The forecasts' confidence source is named; beside a learned scorer "
+            "the kernel density of the same forecasts is scored too.",
         ),
         _confidence_table(metrics),
     ]
@@ -316,22 +325,28 @@ def report_blocks(metrics: dict[str, Any], figures: dict[str, Path]) -> list[Blo
 
 
 def _confidence_table(metrics: dict[str, Any]) -> Block:
-    header = ["scored by", "step", "forecasts", "most confident", "random", "best"]
-    header += ["top is best", "chance", "Spearman"]
+    header = ["scored by", "confidence", "step", "forecasts", "most confident", "random", "best"]
+    header += ["top is best", "chance", "Spearman", "ECE"]
     rows = []
     sources = [("class error (1 - frame mIoU)", metrics["class_maps"])]
     if "features" in metrics:
         sources.append(("feature error", metrics["features"]))
     for label, part in sources:
-        entries = [(str(s["step"]), s["confidence"]) for s in part["steps"]]
-        entries.append(("rollout", part["rollout_confidence"]))
-        for step, q in entries:
+        source = part.get("confidence_source", "")
+        entries = [(source, str(s["step"]), s["confidence"]) for s in part["steps"]]
+        entries.append((source, "rollout", part["rollout_confidence"]))
+        if "kernel_density" in part:
+            entries.append(
+                ("kernel density", "rollout", part["kernel_density"]["rollout_confidence"])
+            )
+        for confidence, step, q in entries:
             if not q.get("forecasts"):
                 continue
             rows.append(
-                [label, step, q["forecasts"]]
+                [label, confidence, step, q["forecasts"]]
                 + [_num(q.get(key), 4) for key in ("most_confident", "random", "best")]
                 + [_num(q.get(key), 2) for key in ("top_is_best", "chance", "spearman")]
+                + [_num(q.get("ece"), 3)]
             )
     return Block("table", (header, rows))
 

@@ -21,15 +21,16 @@ import torch
 from ..arguments import at_least
 from ..errors import UsageError
 from ..model.deltatok import tokenize_offline
-from ..model.deltaworld import DeltaWorld, best_of_k, rollout
+from ..model.deltaworld import DeltaWorld, Rollout, best_of_k, rollout
 from ..model.loading import load_module_file
 from ..model.probes import TokenProbe, partner_pairs, probe_tokens
 from ..model.store import load_model, read_manifest
 from ..model.world_model import WorldModel
 from ..ros.share import package_model_dir
-from ..runtime.postprocess import disagreement
+from ..runtime.postprocess import disagreement, kernel_density_confidence
 from ..synth import AGENT_CLASSES, CLASS_NAMES, PALETTE, StreetWorld, WorldConfig
 from ..train.data import HELD_OUT_SEED_BASE, camera_for, render_clip
+from .confidence import ConfidenceQuality
 from .metrics import (
     confusion,
     feature_error,
@@ -39,6 +40,7 @@ from .metrics import (
 )
 from .world_results import (
     CameraResult,
+    ConfidenceScores,
     Coverage,
     Covered,
     HorizonScores,
@@ -82,6 +84,15 @@ DEFINITIONS = {
     "agree on an agent class / pixels where either says agent; best-of-K: the best of the K). "
     "Absolute: share of the branched cases covered; relative: the share among the branched "
     "cases the oracle covers",
+    "confidence": "each hypothesis' confidence (summing to 1 over the K) from the kernel "
+    "density of the sampled delta tokens and, for a model with one, from the learned scorer; "
+    "a hypothesis' error is its feature loss averaged over the steps, the best one has the "
+    "lowest; most confident is the best: share of cases (chance 1/K); error ratio: the most "
+    "confident's error over a random hypothesis' (the mean of the K), beside the best's over "
+    "a random one (the floor any confidence can reach); Spearman: rank correlation of "
+    "confidence and error over the K of a case (-1: perfectly ordered); ECE: expected "
+    "calibration error over every hypothesis, 10 equal-width confidence bins, a hypothesis "
+    "counting as the best with its share of ties",
     "token reliance": "DeltaTok's error on a pair of consecutive frames decoded with another "
     "pair's token of the same world, divided by the error with its own token (1: the token is "
     "ignored)",
@@ -162,6 +173,7 @@ class Forecasts:
     baseline: torch.Tensor  # (W, T, N, C)
     sampled: torch.Tensor  # (W, K, T, N, C)
     truth: torch.Tensor  # (W, T, N, C)
+    confidence: dict[str, np.ndarray]  # source -> (W, K), see confidences()
 
 
 def agent_iou(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -295,11 +307,26 @@ def forecast(
     x = y[torch.from_numpy(seq.lasts)]
     w = len(seq.lasts)
     queries = model.world.sample_queries(steps, w * k, 1, generator=generator)
-    sampled = rollout(model.world, model.tokenizer, z, t_ctx, x, t_fut, queries).preds
+    sampled = rollout(model.world, model.tokenizer, z, t_ctx, x, t_fut, queries)
     det = rollout(
         baseline, model.tokenizer, z, t_ctx, x, t_fut, baseline.sample_queries(steps, w, 1)
     ).preds[:, 0]
-    return Forecasts(x, det, sampled, y[torch.from_numpy(future)])
+    truth = y[torch.from_numpy(future)]
+    return Forecasts(x, det, sampled.preds, truth, confidences(model, sampled, z, x))
+
+
+def confidences(
+    model: WorldModel, sampled: Rollout, context: torch.Tensor, present: torch.Tensor
+) -> dict[str, np.ndarray]:
+    """Each case's confidence over its K hypotheses (W, K) by source: the kernel density of
+    the sampled tokens, and the learned scorer's (as the node computes them)."""
+    k = sampled.z_hat.shape[1]
+    tokens = sampled.z_hat.reshape(len(sampled.z_hat), k, -1).numpy()
+    out = {"kernel density": np.stack([kernel_density_confidence(t) for t in tokens])}
+    if model.scorer is not None:
+        logits = model.scorer(sampled.z_hat, context, sampled.preds, present)
+        out["learned scorer"] = torch.softmax(logits, -1).numpy()
+    return out
 
 
 @dataclass
@@ -317,6 +344,8 @@ class Tally:
     cases: int = 0
     branched: int = 0
     pairs: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # per sequence
+    # per confidence source, per case: (confidence (K,), error (K,), branched)
+    confidence: dict[str, list[tuple[np.ndarray, np.ndarray, bool]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = self.num_classes
@@ -337,6 +366,8 @@ class Tally:
             self.branched_feature[m] = self.branched_feature[m] + other.branched_feature[m]
         for m, values in other.covered.items():
             self.covered[m] = self.covered[m] + values
+        for source, cases in other.confidence.items():
+            self.confidence[source] = self.confidence.get(source, []) + cases
         self.diversity += other.diversity
         self.diversity_all += other.diversity_all
         self.cases += other.cases
@@ -348,41 +379,67 @@ def score_cases(
 ) -> None:
     """Add the cases of one sequence: truth (W, T, H, W) labels, their forecasts, which
     branched (W,)."""
-    n_cls, k = tally.num_classes, f.sampled.shape[1]
     size = truth.shape[-2:]
-    mean = f.sampled.mean(1)  # (W, T, N, C) the feature average of the K
     maps = {
         "oracle": class_maps(model, f.truth, size),
         "copy_last": class_maps(model, f.present, size),
         "baseline": class_maps(model, f.baseline, size),
-        "feature_mean": class_maps(model, mean, size),
+        "feature_mean": class_maps(model, f.sampled.mean(1), size),
         "sampled": class_maps(model, f.sampled, size),  # (W, K, T, H, W)
     }
-    every = np.arange(len(truth))
-    last = max(HORIZONS)
-    final = truth[:, last - 1]
     for h in HORIZONS:
-        j = h - 1
-        target = truth[:, j]
-        tf = f.truth[:, j].numpy()
-        errs = feature_error(f.sampled[:, :, j].numpy(), tf[:, None])  # (W, K)
-        _, best = best_of_k(f.sampled[:, :, : j + 1], f.truth[:, j])
-        best = best.numpy()
-        forecasts = {
-            "oracle": (maps["oracle"][:, j], np.zeros(len(truth))),
-            "copy_last": (maps["copy_last"], feature_error(f.present.numpy(), tf)),
-            "baseline": (maps["baseline"][:, j], feature_error(f.baseline[:, j].numpy(), tf)),
-            "feature_mean": (maps["feature_mean"][:, j], feature_error(mean[:, j].numpy(), tf)),
-            "single": (maps["sampled"][:, :, j], errs.mean(1)),
-            "best_of_k": (maps["sampled"][every, best, j], errs[every, best]),
-        }
-        for m, (pred, err) in forecasts.items():
-            tgt = target if pred.ndim == target.ndim else np.repeat(target[:, None], k, 1)
-            tally.matrices[m, h] += confusion(pred, tgt, n_cls)
-            tally.feature[m, h] += err.tolist()
-            if h == last:
-                tally.branched_matrices[m] += confusion(pred[branched], tgt[branched], n_cls)
-                tally.branched_feature[m] += err[branched].tolist()
+        _score_methods(tally, h, truth, f, maps, branched)
+    _score_spread(model, tally, truth, f, maps, branched)
+    _score_confidence(tally, f, branched)
+    tally.cases += len(truth)
+    tally.branched += int(branched.sum())
+
+
+def _score_methods(
+    tally: Tally,
+    h: int,
+    truth: np.ndarray,
+    f: Forecasts,
+    maps: dict[str, np.ndarray],
+    branched: np.ndarray,
+) -> None:
+    """Every method's confusion matrix and feature loss at horizon step h (the last step
+    also over the branched cases alone)."""
+    n_cls, k = tally.num_classes, f.sampled.shape[1]
+    every = np.arange(len(truth))
+    j = h - 1
+    target = truth[:, j]
+    tf = f.truth[:, j].numpy()
+    mean = f.sampled[:, :, j].mean(1).numpy()
+    errs = feature_error(f.sampled[:, :, j].numpy(), tf[:, None])  # (W, K)
+    best = best_of_k(f.sampled[:, :, : j + 1], f.truth[:, j])[1].numpy()
+    forecasts = {
+        "oracle": (maps["oracle"][:, j], np.zeros(len(truth))),
+        "copy_last": (maps["copy_last"], feature_error(f.present.numpy(), tf)),
+        "baseline": (maps["baseline"][:, j], feature_error(f.baseline[:, j].numpy(), tf)),
+        "feature_mean": (maps["feature_mean"][:, j], feature_error(mean, tf)),
+        "single": (maps["sampled"][:, :, j], errs.mean(1)),
+        "best_of_k": (maps["sampled"][every, best, j], errs[every, best]),
+    }
+    for m, (pred, err) in forecasts.items():
+        tgt = target if pred.ndim == target.ndim else np.repeat(target[:, None], k, 1)
+        tally.matrices[m, h] += confusion(pred, tgt, n_cls)
+        tally.feature[m, h] += err.tolist()
+        if h == max(HORIZONS):
+            tally.branched_matrices[m] += confusion(pred[branched], tgt[branched], n_cls)
+            tally.branched_feature[m] += err[branched].tolist()
+
+
+def _score_spread(
+    model: WorldModel,
+    tally: Tally,
+    truth: np.ndarray,
+    f: Forecasts,
+    maps: dict[str, np.ndarray],
+    branched: np.ndarray,
+) -> None:
+    """Diversity of the K at the last step, and which methods cover the branched cases."""
+    final = truth[:, max(HORIZONS) - 1]
     patches = class_maps(model, f.sampled[:, :, -1], model.cfg.grid)  # (W, K, h, w)
     off = np.array([disagreement(p).mean() for p in patches])  # share off the mode
     tally.diversity_all += off.tolist()
@@ -397,8 +454,33 @@ def score_cases(
     }
     for m, v in ious.items():
         tally.covered[m] += (v[branched] >= AGENT_IOU_THRESHOLD).tolist()
-    tally.cases += len(truth)
-    tally.branched += int(branched.sum())
+
+
+def _score_confidence(tally: Tally, f: Forecasts, branched: np.ndarray) -> None:
+    """Each source's confidence against each hypothesis' feature loss over the steps."""
+    errors = (f.sampled - f.truth[:, None]).square().mean((-2, -1)).mean(-1).numpy()  # (W, K)
+    for source, confidence in f.confidence.items():
+        cases = zip(confidence, errors, branched.tolist(), strict=True)
+        tally.confidence.setdefault(source, []).extend(cases)
+
+
+def confidence_scores(cases: list[tuple[np.ndarray, np.ndarray, bool]]) -> ConfidenceScores:
+    """The confidence measures (DEFINITIONS) over some cases."""
+    quality = ConfidenceQuality(1, len(cases[0][0]))
+    for confidence, errors, _ in cases:
+        quality.add(None, confidence, errors)
+    s = quality.summary(None)
+    return ConfidenceScores(
+        cases=s["forecasts"],
+        top_is_best=s["top_is_best"],
+        chance=s["chance"],
+        most_confident_error=s["most_confident"],
+        random_error=s["random"],
+        best_error=s["best"],
+        spearman=s["spearman"],
+        **quality.calibration(),
+        reliability=quality.reliability(),
+    )
 
 
 def _score(matrix: np.ndarray, feature: list[float]) -> Score:
@@ -439,6 +521,12 @@ def camera_result(camera: str, tally: Tally, tokens: TokenProbe | None) -> Camer
             relative=float(hits[oracle].mean()) if oracle.any() else None,
         )
 
+    confidence = {
+        f"{source}, {which}": confidence_scores(picked)
+        for source, cases in tally.confidence.items()
+        for which, picked in (("all", cases), ("branched", [c for c in cases if c[2]]))
+        if picked
+    }
     return CameraResult(
         camera=camera,
         cases=tally.cases,
@@ -449,6 +537,7 @@ def camera_result(camera: str, tally: Tally, tokens: TokenProbe | None) -> Camer
         diversity_all_cases=_mean(tally.diversity_all),
         coverage=Coverage(_mean(oracle.tolist()), *(covered(m) for m in COVERED_BY)),
         tokens=tokens,
+        confidence=confidence,
     )
 
 
@@ -616,6 +705,35 @@ def save_figure(case: Case, path: Path, max_hypotheses: int = 6) -> None:
     plt.close(fig)
 
 
+def save_reliability(results: list[SeedSetResult], path: Path) -> None:
+    """Reliability diagram of each confidence source (both cameras, all cases, every seed
+    set): a hypothesis' confidence against how often hypotheses of that confidence were the
+    best; calibrated = on the diagonal."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.2))
+    top = 0.0
+    for i, result in enumerate(results):
+        for key, scores in sorted(result.camera("all").confidence.items()):
+            if not key.endswith(", all") or not scores.reliability:
+                continue
+            conf = [b["confidence"] for b in scores.reliability]
+            rate = [b["best_rate"] for b in scores.reliability]
+            top = max(top, *conf, *rate)
+            source = key.rsplit(", ", 1)[0]
+            ax.plot(conf, rate, "o-", label=f"{source} (ECE {scores.ece:.3f}), set {i + 1}")
+    ax.plot([0, top], [0, top], "k--", lw=0.8, label="calibrated")
+    ax.set_xlabel("hypothesis confidence (bin mean)")
+    ax.set_ylabel("share of them that were the best")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     directory = args.model_dir or package_model_dir()
@@ -648,7 +766,7 @@ def run(args: argparse.Namespace) -> int:
         every=args.every,
         sequences_per_set=args.sequences,
         seed_sets=results,
-        targets=target_rows(method_targets(args.num_hypotheses), results),
+        targets=target_rows(method_targets(args.num_hypotheses, model.scorer is not None), results),
         definitions=DEFINITIONS,
     )
     args.out.mkdir(parents=True, exist_ok=True)
@@ -658,5 +776,6 @@ def run(args: argparse.Namespace) -> int:
     (args.out / "table.md").write_text(table)
     if case is not None:
         save_figure(case, args.out / "figure.png")
+    save_reliability(results, args.out / "reliability.png")
     print(table)
     return 0

@@ -71,6 +71,38 @@ class Coverage:
 
 
 @dataclass
+class ConfidenceScores:
+    """One confidence source over some cases (see DEFINITIONS["confidence"] of world.py)."""
+
+    cases: int
+    top_is_best: float | None  # share of cases whose most confident hypothesis is the best
+    chance: float | None  # 1/K (more with ties)
+    most_confident_error: float | None  # mean feature loss of the most confident
+    random_error: float | None  # of a random hypothesis (the mean of the K)
+    best_error: float | None  # of the best of the K
+    spearman: float | None  # mean over cases of Spearman(confidence, error)
+    ece: float | None  # expected calibration error, every hypothesis
+    ece_most_confident: float | None  # the same of the most confident alone
+    reliability: list[dict[str, float]]  # equal-count bins: confidence vs best rate
+
+    @property
+    def top_over_chance(self) -> float | None:
+        return _ratio(self.top_is_best, self.chance)
+
+    @property
+    def error_ratio(self) -> float | None:
+        return _ratio(self.most_confident_error, self.random_error)
+
+    @property
+    def best_ratio(self) -> float | None:
+        return _ratio(self.best_error, self.random_error)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+@dataclass
 class CameraResult:
     """Everything measured on one camera ("static", "vehicle") or on both ("all")."""
 
@@ -83,6 +115,8 @@ class CameraResult:
     diversity_all_cases: float | None
     coverage: Coverage
     tokens: TokenProbe | None  # per camera only
+    # "<source>, all" / "<source>, branched" -> scores; sources: kernel density, learned scorer
+    confidence: dict[str, ConfidenceScores]
 
     def at(self, step: int) -> HorizonScores:
         return next(h for h in self.horizons if h.step == step)
@@ -151,8 +185,9 @@ def _percent(value: float | None) -> float | None:
     return None if value is None else 100 * value
 
 
-def method_targets(k: int) -> list[Target]:
-    """The targets of issue 9 (held-out worlds, last horizon step unless said)."""
+def method_targets(k: int, learned_confidence: bool = False) -> list[Target]:
+    """The targets of issue 9 (held-out worlds, last horizon step unless said) and, for a
+    model with a learned scorer, of issue 10 (its confidence, all and branched cases)."""
 
     def reliance(camera: str) -> Callable[[SeedSetResult], float | None]:
         def value(r: SeedSetResult) -> float | None:
@@ -220,7 +255,31 @@ def method_targets(k: int) -> list[Target]:
             lambda r: _percent(r.camera("all").coverage.best_of_k.relative),
         ),
     ]
+    if learned_confidence:
+        targets += confidence_targets("learned scorer")
     return targets
+
+
+def confidence_targets(source: str) -> list[Target]:
+    """Issue 10's targets of a confidence source, on all cases and on the branched ones."""
+
+    def read(cases: str, measure: str) -> Callable[[SeedSetResult], float | None]:
+        def value(r: SeedSetResult) -> float | None:
+            scores = r.camera("all").confidence.get(f"{source}, {cases}")
+            return None if scores is None else getattr(scores, measure)
+
+        return value
+
+    return [
+        Target(f"{label} ({source}), {cases} cases", "", threshold, at_least, read(cases, attr))
+        for cases in ("all", "branched")
+        for label, threshold, at_least, attr in (
+            ("most confident is the best / chance", 2.0, True, "top_over_chance"),
+            ("error of the most confident / of a random hypothesis", 0.9, False, "error_ratio"),
+            ("Spearman(confidence, error)", -0.3, False, "spearman"),
+            ("expected calibration error", 0.05, False, "ece"),
+        )
+    ]
 
 
 def target_rows(targets: list[Target], sets: list[SeedSetResult]) -> list[TargetRow]:
@@ -360,6 +419,7 @@ def table_markdown(result: WorldEvaluation) -> str:
                 lambda c, m=method: _percent(getattr(c.coverage, m).relative),
             ),
         ]
+    lines += confidence_table(result)
     lines += [
         "",
         "### Token probes (DeltaTok on consecutive frame pairs of the held-out worlds)",
@@ -399,3 +459,45 @@ def table_markdown(result: WorldEvaluation) -> str:
 
 
 CAMERA_COLUMNS = ("static", "vehicle", "all")
+CONFIDENCE_ROWS = (
+    ("most confident is the best, %", lambda c: _percent(c.top_is_best), 1),
+    ("chance (1/K), %", lambda c: _percent(c.chance), 1),
+    ("error of the most confident / random", lambda c: c.error_ratio, 3),
+    ("error of the best / random (the floor)", lambda c: c.best_ratio, 3),
+    ("Spearman(confidence, error)", lambda c: c.spearman, 2),
+    ("expected calibration error", lambda c: c.ece, 3),
+    ("ECE of the most confident", lambda c: c.ece_most_confident, 3),
+)
+
+
+def confidence_table(result: WorldEvaluation) -> list[str]:
+    """The confidence sources side by side: both cameras on all and on the branched cases,
+    then each camera on all its cases."""
+    sets = result.seed_sets
+    keys = {key for s in sets for c in s.cameras for key in c.confidence}
+    if not keys:
+        return []
+    sources = sorted({key.rsplit(", ", 1)[0] for key in keys})
+    tables = (
+        ("both cameras", [("all", f"{src}, {cases}") for cases in ("all", "branched")
+                          for src in sources]),
+        ("each camera, all cases", [(cam, f"{src}, all") for cam in ("static", "vehicle")
+                                    for src in sources]),
+    )  # fmt: skip
+    lines = []
+    for title, columns in tables:
+        lines += [
+            "",
+            f"### Confidence, {title}: which of the K = {result.k} is likely "
+            "(feature loss over the steps)",
+            "",
+            "| measure | " + " | ".join(f"{k} ({cam})" for cam, k in columns) + " |",
+            "|---|" + "---|" * len(columns),
+        ]
+        for label, read, digits in CONFIDENCE_ROWS:
+            cells = []
+            for camera, key in columns:
+                scores = [s.camera(camera).confidence.get(key) for s in sets]
+                cells.append(_spread([None if c is None else read(c) for c in scores], digits))
+            lines.append(f"| {label} | {' | '.join(cells)} |")
+    return lines
