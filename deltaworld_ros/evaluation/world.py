@@ -91,8 +91,9 @@ DEFINITIONS = {
     "confident's error over a random hypothesis' (the mean of the K), beside the best's over "
     "a random one (the floor any confidence can reach); Spearman: rank correlation of "
     "confidence and error over the K of a case (-1: perfectly ordered); ECE: expected "
-    "calibration error over every hypothesis, 10 equal-width confidence bins, a hypothesis "
-    "counting as the best with its share of ties",
+    "calibration error, 10 equal-width confidence bins, over every hypothesis (a hypothesis "
+    "counting as the best with its share of ties) and of the most confident alone (its "
+    "confidence against whether it was the best)",
     "token reliance": "DeltaTok's error on a pair of consecutive frames decoded with another "
     "pair's token of the same world, divided by the error with its own token (1: the token is "
     "ignored)",

@@ -277,7 +277,9 @@ def confidence_targets(source: str) -> list[Target]:
             ("most confident is the best / chance", 2.0, True, "top_over_chance"),
             ("error of the most confident / of a random hypothesis", 0.9, False, "error_ratio"),
             ("Spearman(confidence, error)", -0.3, False, "spearman"),
-            ("expected calibration error", 0.05, False, "ece"),
+            # top-label: over every hypothesis nearly all confidences sit near 1/K, where
+            # any confidence near uniform is calibrated
+            ("expected calibration error of the most confident", 0.05, False, "ece_most_confident"),
         )
     ]
 
