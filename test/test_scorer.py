@@ -15,7 +15,10 @@ from std_msgs.msg import String
 from test_node import Camera, K, T, base_params, engine_values, forecast_node, stamp, stream
 
 from deltaworld_ros.cli import main
-from deltaworld_ros.model.store import load_model, read_manifest
+from deltaworld_ros.model.config import tiny
+from deltaworld_ros.model.loading import save_weights
+from deltaworld_ros.model.store import load_model, read_manifest, write_manifest
+from deltaworld_ros.model.world_model import WorldModel
 from deltaworld_ros.ros.futures import decode_futures
 from deltaworld_ros.ros.node import LAYOUT_QOS, OUTPUT_QOS
 from deltaworld_ros.runtime.bench import synthetic_streams
@@ -25,16 +28,29 @@ from deltaworld_ros.runtime.postprocess import kernel_density_confidence
 
 
 @pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny random-weight model directory (weights and manifest)."""
+    directory = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)
+    model = WorldModel(tiny())
+    save_weights(model, directory)
+    write_manifest(directory, model.cfg, {"source": "random weights"})
+    return directory
+
+
+@pytest.fixture(scope="module")
 def scored_dir(model_dir, tmp_path_factory):
-    """The tiny random-weight export with a scorer trained on a few synth clips, exported."""
+    """The tiny model with a scorer trained on a few synth clips, exported (the parity of
+    every graph, the scorer's too, is test_export's)."""
     root = tmp_path_factory.mktemp("scored")
     out = root / "model"
     argv = ["train", "--init-model", str(model_dir), "--stages", "scorer", "--clips", "4",
-            "--clip-length", "6", "--steps", "scorer=40", "--batch-size", "scorer=8",
+            "--clip-length", "6", "--stride", "1", "--steps", "scorer=40",
+            "--batch-size", "scorer=8",
             "--scorer-contexts", "24", "--threads", "1", "--no-progress",
             "--work-dir", str(root / "work"), "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
-    assert main(["export", "--model-dir", str(out)]) == 0  # parity-checked
+    assert main(["export", "--model-dir", str(out), "--skip-check"]) == 0
     return out
 
 
@@ -42,12 +58,10 @@ def test_the_scorer_stage_adds_a_scorer_and_keeps_every_other_part(model_dir, sc
     manifest = read_manifest(scored_dir)
     assert manifest.config.scorer.enabled and not read_manifest(model_dir).config.scorer.enabled
     assert manifest.has("weights/scorer.safetensors") and manifest.has("onnx/scorer.onnx")
-    parity = manifest.provenance["export"]["parity"]["scorer/fp32"]
-    assert parity["max_error"] <= parity["bound"]
     stage = manifest.provenance["stages"]["scorer"]
     assert stage["steps"] == 40 and np.isfinite(stage["final_loss"])
     before, after = load_model(model_dir), load_model(scored_dir)
-    for name in ("backbone", "tokenizer", "world", "seg_head", "depth_head"):
+    for name in ("backbone", "tokenizer", "world", "seg_head", "depth_head"):  # kept
         old, new = getattr(before, name).state_dict(), getattr(after, name).state_dict()
         assert all(torch.equal(old[k], new[k]) for k in old), name
     assert float(after.scorer.log_temperature) != 0.0  # fitted on the held-out clips
