@@ -191,8 +191,10 @@ def score(model, sampled, truth_features, branched):
     size = (16, 16)
     truth = evaluate_world.class_maps(model, truth_features, size)
     present = truth_features[:, 0]
+    errors = (sampled - truth_features[:, None]).square().mean((-2, -1)).mean(-1)  # (W, K)
+    oracle = np.eye(sampled.shape[1])[errors.argmin(1).numpy()]  # all on the best hypothesis
     forecasts = evaluate_world.Forecasts(present, present[:, None].repeat(1, 3, 1, 1), sampled,
-                                         truth_features)  # fmt: skip
+                                         truth_features, {"oracle pick": oracle})  # fmt: skip
     tally = evaluate_world.Tally(model.cfg.head.num_classes)
     evaluate_world.score_cases(model, tally, truth, forecasts, branched)
     return evaluate_world.camera_result("all", tally, None)
@@ -208,6 +210,8 @@ def test_scores_of_forecasts_with_known_values(tiny_model_dir):
     # K identical hypotheses: no diversity, and their feature average is each of them
     same = torch.randn(4, 1, 3, n, c).repeat(1, 5, 1, 1, 1)
     result = score(model, same, truth, branched)
+    picked = result.confidence["oracle pick, all"]
+    assert picked.top_is_best == 1 and picked.most_confident_error == picked.best_error
     assert result.diversity == 0.0 and result.diversity_all_cases == 0.0
     for h in result.horizons:
         assert h.feature_mean.miou == h.single.miou == h.best_of_k.miou
