@@ -139,7 +139,7 @@ def test_the_scorer_matches_its_torch_module(engine, scored_model, k, steps, con
               ((2, k, steps, C), (2, context, C), (2, k, steps, N, C), (2, N, C))]  # fmt: skip
     with torch.no_grad():
         ref = scored_model.scorer(*inputs).numpy()
-    got = engine.score(*(t.numpy() for t in inputs))
+    got = engine.scorer(*(t.numpy() for t in inputs))
     assert got.shape == (2, k)
     assert_close(got, ref, "scorer")  # float32 in every precision (FP32_ONLY)
     assert softmax(got).sum(1) == pytest.approx(1.0, abs=1e-6)

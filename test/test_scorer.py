@@ -88,7 +88,7 @@ def test_both_backends_rank_the_hypotheses_by_the_scorer(scored_dir):
         np.testing.assert_allclose(a.confidence, b.confidence, atol=2e-3)
         assert a.confidence.sum() == pytest.approx(1, abs=1e-5)
         assert np.all(np.diff(a.confidence) <= 0)  # rows sorted, most confident first
-        assert "score" in a.timings
+        assert "scorer" in a.timings
         kernel = kernel_density_confidence(a.delta_tokens.reshape(6, -1))
         differs_from_kernel |= not np.allclose(kernel, a.confidence, atol=1e-3)
     assert differs_from_kernel
@@ -104,7 +104,7 @@ def test_the_node_publishes_rows_sorted_by_the_learned_confidence(tmp_path, doma
         def reported() -> bool:
             return len(
                 probe.received("/deltaworld/futures")
-            ) >= 3 and "forecaster: score mean ms" in engine_values(probe)
+            ) >= 3 and "forecaster: scorer mean ms" in engine_values(probe)
 
         stream(node, [camera], reported, 60)
         layout = json.loads(probe.received("/deltaworld/futures/layout")[-1].data)
@@ -113,7 +113,7 @@ def test_the_node_publishes_rows_sorted_by_the_learned_confidence(tmp_path, doma
         engine = engine_values(probe)
     assert layout["confidence"] == "learned scorer"
     assert engine["provider: scorer"] == "CPUExecutionProvider"
-    assert float(engine["forecaster: score mean ms"]) >= 0
+    assert float(engine["forecaster: scorer mean ms"]) >= 0
     for msg in futures:
         classes, conf = decode_futures(msg, confidences[stamp(msg)], layout)
         assert classes.shape[:2] == (K, T)
