@@ -28,7 +28,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "evaluate-world": ("deltaworld_ros.evaluation.world", "the paper's table on held-out synth"),
     "eval": ("deltaworld_ros.evaluation.replay_eval", "score a forecaster on a rosbag2"),
     "bag-from-video": ("deltaworld_ros.io.video_bag", "turn a video file into a rosbag2"),
-    "replay": ("deltaworld_ros.ros.replay", "play a bag into ROS and record the outputs"),
+    "replay": ("deltaworld_ros.tools.replay", "play a bag into ROS and record the outputs"),
     "demo": ("deltaworld_ros.tools.demo", "the whole chain on the default model"),
     "soak": ("deltaworld_ros.tools.fuzz", "forecast_node under hostile input: RSS and p99 drift"),
 }

@@ -28,13 +28,13 @@ from ..evaluation.replay_eval import EvalError, EvalOptions, Evaluation, evaluat
 from ..evaluation.report import summary_text, write_report
 from ..model.config import ModelConfig
 from ..model.store import read_manifest
-from ..ros.replay import ReplayError, ReplayOptions, ReplaySummary, replay
 from ..ros.share import package_model_dir
 from ..runtime.arguments import add_forecast_arguments
 from ..runtime.engine import EngineOptions
 from ..synth import StreetWorld, WorldConfig
 from ..synth.cli import record
 from .harness import NodeProcess, domain_id, write_params
+from .replay import ReplayError, ReplayOptions, ReplaySummary, replay
 
 IMAGE_TOPIC = "/camera/image_raw"
 CAMERAS = ("static", "vehicle")
