@@ -26,7 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     ),
     "bench-gpu": ("deltaworld_ros.runtime.gpu_bench", "the torch path on a GPU (CUDA graphs)"),
     "evaluate-world": ("deltaworld_ros.evaluation.world", "the paper's table on held-out synth"),
-    "eval": ("deltaworld_ros.evaluation.replay_eval", "score a forecaster on a rosbag2"),
+    "eval": ("deltaworld_ros.evaluation.cli", "score a forecaster on a rosbag2"),
     "bag-from-video": ("deltaworld_ros.io.video_bag", "turn a video file into a rosbag2"),
     "replay": ("deltaworld_ros.tools.replay", "play a bag into ROS and record the outputs"),
     "demo": ("deltaworld_ros.tools.demo", "the whole chain on the default model"),

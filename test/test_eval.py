@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from deltaworld_ros.cli import main
+from deltaworld_ros.evaluation.evaluator import EvalOptions, evaluate
 from deltaworld_ros.evaluation.metrics import (
     confusion,
     depth_errors,
@@ -25,7 +26,8 @@ from deltaworld_ros.evaluation.metrics import (
     rank,
     spearman,
 )
-from deltaworld_ros.evaluation.replay_eval import EvalOptions, TokenPairs, evaluate
+from deltaworld_ros.evaluation.model_run import TokenPairs
+from deltaworld_ros.evaluation.results import Target
 from deltaworld_ros.io.bags import TYPESTORE, ImageBagWriter, make_header, read_images
 from deltaworld_ros.io.video import write_video
 from deltaworld_ros.model.config import preset
@@ -265,18 +267,18 @@ def test_depth_futures_are_scored_against_a_depth_topic(tiny_model_dir, labelled
         engine=TORCH,
         progress=False,
     )
-    metrics = evaluate(options).metrics["depth"]
+    metrics = evaluate(options).metrics.depth
     kept, out = direct_forecasts(tiny_model_dir, bag)
-    for s, step in enumerate(metrics["steps"]):
+    for s, step in enumerate(metrics.steps):
         scored = [full_size(f.depth[0, s])[8:] for i, f in enumerate(out)
                   if f is not None and i + 1 + s < len(kept)]  # fmt: skip
-        assert step["scored"] == len(scored) > 0
+        assert step.scored == len(scored) > 0
         abs_rel = [np.mean(np.abs(d - 10.0) / 10.0) for d in scored]
         rmse = [np.sqrt(np.mean((d - 10.0) ** 2)) for d in scored]
-        assert step["abs_rel"]["most_confident"] == pytest.approx(np.mean(abs_rel), rel=1e-5)
-        assert step["rmse"]["most_confident"] == pytest.approx(np.mean(rmse), rel=1e-5)
-        assert step["abs_rel"]["best_of_k"] <= step["abs_rel"]["mean_of_k"] + 1e-12
-    assert metrics["target"] == {"kind": "labels", "topic": "/camera/depth"}
+        assert step.abs_rel["most_confident"] == pytest.approx(np.mean(abs_rel), rel=1e-5)
+        assert step.rmse["most_confident"] == pytest.approx(np.mean(rmse), rel=1e-5)
+        assert step.abs_rel["best_of_k"] <= step.abs_rel["mean_of_k"] + 1e-12
+    assert metrics.target == Target("labels", "/camera/depth")
 
 
 def test_the_label_topic_is_found_by_name(tiny_model_dir, labelled_bag):
@@ -284,10 +286,10 @@ def test_the_label_topic_is_found_by_name(tiny_model_dir, labelled_bag):
         labelled_bag, IMAGE, model_dir=tiny_model_dir, num_hypotheses=2, horizon=1, engine=TORCH
     )
     evaluation = evaluate(EvalOptions(**{**options.__dict__, "progress": False}))
-    assert evaluation.metrics["target"] == {"kind": "labels", "topic": LABELS}
-    quality = evaluation.metrics["class_maps"]["rollout_confidence"]
-    assert quality["forecasts"] > 0
-    assert quality["best"] <= quality["random"] + 1e-12
+    assert evaluation.metrics.target == Target("labels", LABELS)
+    quality = evaluation.metrics.class_maps.rollout_confidence
+    assert quality.forecasts > 0
+    assert quality.best <= quality.random + 1e-12
 
 
 # --------------------------------------------------------------------------------------------
@@ -408,7 +410,10 @@ def test_a_looping_bag_restarts_the_history_and_is_still_scored(tiny_model_dir, 
     assert run_eval(*args, "--num-hypotheses", "2", "--horizon", "2", "--out", str(out)) == 0
     assert "stamp went backwards (does the bag loop?): 1 time(s)" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["target"] == {"kind": "labels", "topic": LABELS}  # each lap its own labels
+    assert (metrics["target"]["kind"], metrics["target"]["topic"]) == (
+        "labels",
+        LABELS,
+    )  # each lap its own labels
     assert not [n for n in metrics["notes"] if "no label" in n]
     assert metrics["frames"]["restarts"] == {"stamp went backwards": 1}
     assert metrics["frames"]["forecaster"][IMAGE]["reset: stamp went backwards"] == 1
@@ -460,14 +465,14 @@ def test_token_probes_of_a_tokenizer_that_ignores_its_token(labelled_bag, tmp_pa
     )
     evaluation = evaluate(EvalOptions(**{**options.__dict__, "progress": False}))
     metrics = evaluation.metrics
-    tokens = metrics["tokens"]
-    assert tokens["token_reliance"] == pytest.approx(1.0, abs=1e-9)
-    assert tokens["identity_ratio"] == pytest.approx(0.0, abs=1e-9)
+    tokens = metrics.tokens
+    assert tokens.probe.reliance == pytest.approx(1.0, abs=1e-9)
+    assert tokens.probe.identity_ratio == pytest.approx(0.0, abs=1e-9)
     # the first kept frame of a history makes no forecast, so the pairs start at the second
-    assert tokens["pairs"] == tokens["pairs_in_recording"] == metrics["frames"]["kept"] - 2
+    assert tokens.probe.pairs == tokens.pairs_in_recording == metrics.frames.kept - 2
     # the decoder hands the present features on: every hypothesis is copy-last
-    for step in metrics["class_maps"]["steps"]:
-        miou = step["miou"]
+    for step in metrics.class_maps.steps:
+        miou = step.miou
         assert miou["mean_of_k"] == miou["best_of_k"] == miou["copy_last"]
     for example in evaluation.examples:
         assert example.disagreement == 0.0

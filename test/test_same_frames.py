@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from test_eval import make_tiny_model
 
-from deltaworld_ros.evaluation.replay_eval import EvalOptions, FrameStats, evaluate, keep_frames
+from deltaworld_ros.evaluation.evaluator import EvalOptions, evaluate
+from deltaworld_ros.evaluation.frames import FrameStats, keep_frames
 from deltaworld_ros.io.bags import IMAGE, TYPESTORE, ImageBagWriter, make_header, read_images
 from deltaworld_ros.runtime.engine import EngineOptions, open_engine
 from deltaworld_ros.runtime.forecaster import Forecaster, ForecasterConfig, FrameInput
@@ -84,7 +85,7 @@ def test_training_the_evaluator_and_the_forecaster_keep_the_same_frames(recordin
     options = EvalOptions(recording, TOPIC, label_topic=None, model_dir=model_dir,
                           num_hypotheses=2, horizon=1, engine=EngineOptions(backend="torch"),
                           progress=False)  # fmt: skip
-    frames = evaluate(options).metrics["frames"]
+    frames = evaluate(options).metrics.frames
 
     # The node's path without DDS: the camera's frame sizes, then the Forecaster.
     sizes = FrameSizes()
@@ -100,9 +101,9 @@ def test_training_the_evaluator_and_the_forecaster_keep_the_same_frames(recordin
     restarts = {STAMP_BACKWARDS: 1, GAP: 1, RESOLUTION_CHANGED: 1}
     assert stats.restarts == Counter(restarts) and stats.wrong_size == 3 and stats.gated > 50
     assert len(training[1]) == 1 + sum(restarts.values())
-    assert frames["kept"] == len(kept) and frames["restarts"] == restarts
-    assert frames["wrong_size"] == 3
-    assert {k: n for k, n in frames["forecaster"][TOPIC].items() if k.startswith("reset")} == {
+    assert frames.kept == len(kept) and frames.restarts == restarts
+    assert frames.wrong_size == 3
+    assert {k: n for k, n in frames.forecaster[TOPIC].items() if k.startswith("reset")} == {
         f"reset: {reason}": n for reason, n in restarts.items()
     }
-    assert frames["forecaster"][TOPIC].get("gated", 0) == 0  # the evaluator's frames pass its gate
+    assert frames.forecaster[TOPIC].get("gated", 0) == 0  # the evaluator's frames pass its gate

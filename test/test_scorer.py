@@ -118,3 +118,20 @@ def test_the_node_publishes_rows_sorted_by_the_learned_confidence(tmp_path, doma
         classes, conf = decode_futures(msg, confidences[stamp(msg)], layout)
         assert classes.shape[:2] == (K, T)
         assert conf.sum() == pytest.approx(1, abs=1e-5) and np.all(np.diff(conf) <= 0)
+
+
+def test_eval_scores_the_kernel_density_beside_the_learned_confidence(scored_dir, tmp_path):
+    bag = tmp_path / "bag"
+    assert main(["synth", "--out", str(bag), "--frames", "10", "--size", "64x64"]) == 0
+    out = tmp_path / "report"
+    argv = ["eval", "--backend", "torch", "--no-progress", "--bag", str(bag), "--image-topic",
+            "/camera/image_raw", "--model-dir", str(scored_dir), "--num-hypotheses", "3",
+            "--horizon", "2", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for part in (metrics["class_maps"], metrics["features"]):
+        assert part["confidence_source"] == "learned scorer"
+        kernel = part["kernel_density"]["rollout_confidence"]
+        assert kernel["forecasts"] == part["rollout_confidence"]["forecasts"] > 0
+        assert kernel["ece"] is not None
+    assert "kernel density" in (out / "report.md").read_text()

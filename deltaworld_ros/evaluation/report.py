@@ -10,18 +10,16 @@ import html
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib
 import numpy as np
 
-from deltaworld_ros.runtime.postprocess import disagreement
+from ..runtime.postprocess import disagreement
+from .results import ClassMaps, ConfidenceSummary, Evaluation, Example, Features, Metrics, plain
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-
-if TYPE_CHECKING:
-    from deltaworld_ros.evaluation.replay_eval import Evaluation, Example
 
 LINES = {  # baseline -> (legend, style)
     "most_confident": ("most confident", "o-"),
@@ -43,11 +41,11 @@ def write_report(out: Path, evaluation: Evaluation) -> dict[str, Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     metrics = evaluation.metrics
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    (out / "metrics.json").write_text(json.dumps(plain(metrics), indent=1) + "\n")
     figures = {"horizon": plot_horizon(metrics, out / "horizon.png")}
-    if metrics["class_maps"]["rollout_confidence"].get("forecasts"):
+    if metrics.class_maps.rollout_confidence.forecasts:
         figures["confidence"] = plot_confidence(metrics, out / "confidence.png")
-    if metrics["latency_ms"]:
+    if metrics.latency_ms:
         figures["latency"] = plot_latency(metrics, out / "latency.png")
     for i, example in enumerate(evaluation.examples):
         figures[f"example {i + 1}"] = plot_example(
@@ -73,102 +71,96 @@ def _num(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def target_phrase(metrics: dict[str, Any]) -> str:
-    target = metrics["target"]
-    if target["kind"] == "labels":
-        return f"labels of {target['topic']}"
+def target_phrase(metrics: Metrics) -> str:
+    if metrics.target.labels:
+        return f"labels of {metrics.target.topic}"
     return "PSEUDO-LABELS (the model's own segmentation of the frame that really came)"
 
 
-def summary_text(metrics: dict[str, Any]) -> str:
+def summary_text(metrics: Metrics) -> str:
     """A few lines for the terminal."""
-    frames = metrics["frames"]
+    frames = metrics.frames
     lines = [
-        f"{metrics['mode']} evaluation of {metrics['bag']} {metrics['image_topic']}: "
-        f"{frames['messages']} messages, {frames['undecodable']} undecodable, "
-        f"{frames['kept']} kept, restarts {frames['restarts'] or 0}",
+        f"{metrics.mode} evaluation of {metrics.bag} {metrics.image_topic}: "
+        f"{frames.messages} messages, {frames.undecodable} undecodable, "
+        f"{frames.kept} kept, restarts {frames.restarts or 0}",
         f"scored against {target_phrase(metrics)}",
     ]
-    for step in metrics["class_maps"]["steps"]:
-        miou = step["miou"]
+    for step in metrics.class_maps.steps:
         lines.append(
-            f"  step {step['step']} (+{_num(step['horizon_s'], 2)} s, {step['scored']} scored): "
-            + ", ".join(f"{LINES[k][0]} mIoU {_num(v)}" for k, v in miou.items() if k in LINES)
+            f"  step {step.step} (+{_num(step.horizon_s, 2)} s, {step.scored} scored): "
+            + ", ".join(f"{LINES[k][0]} mIoU {_num(v)}" for k, v in step.miou.items() if k in LINES)
         )
-    tokens = metrics.get("tokens")
-    if tokens:
+    if metrics.tokens:
+        probe = metrics.tokens.probe
         lines.append(
-            f"  DeltaTok: token reliance {_num(tokens['token_reliance'])} (1 = the token is "
-            f"ignored), identity error / copy-last error {_num(tokens['identity_ratio'])}, "
-            f"{tokens['pairs']} frame pairs"
+            f"  DeltaTok: token reliance {_num(probe.reliance)} (1 = the token is "
+            f"ignored), identity error / copy-last error {_num(probe.identity_ratio)}, "
+            f"{probe.pairs} frame pairs"
         )
-    for step in metrics.get("depth", {}).get("steps", []):
+    for step in metrics.depth.steps if metrics.depth else []:
         lines.append(
-            f"  depth step {step['step']} ({step['scored']} scored): most confident AbsRel "
-            f"{_num(step['abs_rel'].get('most_confident'))} RMSE "
-            f"{_num(step['rmse'].get('most_confident'), 2)} m, best of K AbsRel "
-            f"{_num(step['abs_rel'].get('best_of_k'))}"
+            f"  depth step {step.step} ({step.scored} scored): most confident AbsRel "
+            f"{_num(step.abs_rel.get('most_confident'))} RMSE "
+            f"{_num(step.rmse.get('most_confident'), 2)} m, best of K AbsRel "
+            f"{_num(step.abs_rel.get('best_of_k'))}"
         )
-    class_maps = metrics["class_maps"]
-    sources = [(class_maps.get("confidence_source", "confidence"), class_maps)]
-    if "kernel_density" in class_maps:
-        sources.append(("kernel density", class_maps["kernel_density"]))
-    for source, part in sources:
-        quality = part["rollout_confidence"]
-        if quality.get("forecasts"):
+    class_maps = metrics.class_maps
+    for source, part in _confidence_sources(class_maps):
+        quality = part.rollout_confidence
+        if quality.forecasts:
             lines.append(
                 f"  confidence ({source}): most confident is the best "
-                f"{_num(quality['top_is_best'], 2)} of the time (chance "
-                f"{_num(quality['chance'], 2)}), Spearman(conf, error) "
-                f"{_num(quality['spearman'], 2)}, ECE {_num(quality.get('ece'), 3)}"
+                f"{_num(quality.top_is_best, 2)} of the time (chance "
+                f"{_num(quality.chance, 2)}), Spearman(conf, error) "
+                f"{_num(quality.spearman, 2)}, ECE {_num(quality.ece, 3)}"
             )
-    lines += [f"  note: {n}" for n in metrics["notes"]]
+    lines += [f"  note: {n}" for n in metrics.notes]
     return "\n".join(lines)
 
 
-def report_blocks(metrics: dict[str, Any], figures: dict[str, Path]) -> list[Block]:
-    frames = metrics["frames"]
-    k = metrics["K"]
+def report_blocks(metrics: Metrics, figures: dict[str, Path]) -> list[Block]:
+    frames = metrics.frames
     blocks = [
-        Block("h1", f"Forecast evaluation: {Path(metrics['bag']).name} {metrics['image_topic']}"),
+        Block("h1", f"Forecast evaluation: {Path(metrics.bag).name} {metrics.image_topic}"),
         Block(
             "p",
-            f"Mode: **{metrics['mode']}** (forecasts from {metrics['forecasts_from']}). "
-            f"K = {k} hypotheses, T = {metrics['T']} steps every "
-            f"{metrics['frame_interval_s']:.3f} s of header time. Scored against "
+            f"Mode: **{metrics.mode}** (forecasts from {metrics.forecasts_from}). "
+            f"K = {metrics.K} hypotheses, T = {metrics.T} steps every "
+            f"{metrics.frame_interval_s:.3f} s of header time. Scored against "
             f"**{target_phrase(metrics)}**.",
         ),
     ]
-    if metrics["target"]["kind"] != "labels":
-        blocks.append(Block("p", "This is a pseudo-label score: " + metrics["target"]["meaning"]))
-    if metrics.get("model"):
-        model = metrics["model"]
-        blocks.append(Block("p", f"Model: {model['name']} ({model['dir']}), {model['backend']}."))
-    if metrics["notes"]:
-        blocks += [Block("h2", "Notes"), Block("list", metrics["notes"])]
+    if not metrics.target.labels:
+        blocks.append(Block("p", "This is a pseudo-label score: " + metrics.target.meaning))
+    if metrics.model:
+        model = metrics.model
+        blocks.append(Block("p", f"Model: {model.name} ({model.dir}), {model.backend}."))
+    if metrics.notes:
+        blocks += [Block("h2", "Notes"), Block("list", metrics.notes)]
     rows = [
-        ["messages on the topic", frames["messages"]],
-        ["decoded", frames["decoded"]],
-        ["undecodable (skipped)", frames["undecodable"]],
-        ["kept (one per forecast step of header time)", frames["kept"]],
-        ["skipped between kept frames", frames["gated"]],
+        ["messages on the topic", frames.messages],
+        ["decoded", frames.decoded],
+        ["undecodable (skipped)", frames.undecodable],
+        ["kept (one per forecast step of header time)", frames.kept],
+        ["skipped between kept frames", frames.gated],
     ]
-    rows += [[f"history restarts: {r}", n] for r, n in frames["restarts"].items()]
-    rows += [[f"decode error: {e[:90]}", n] for e, n in frames["decode_errors"].items()]
-    rows += [[k_, v] for k_, v in metrics.get("predictions", {}).items()]
+    rows += [[f"history restarts: {r}", n] for r, n in frames.restarts.items()]
+    rows += [[f"decode error: {e[:90]}", n] for e, n in frames.decode_errors.items()]
+    rows += [[what, n] for what, n in (metrics.predictions or {}).items()]
     blocks += [Block("h2", "Frames"), Block("table", (["", "count"], rows))]
 
-    cm = metrics["class_maps"]
+    cm = metrics.class_maps
     blocks.append(Block("h2", "Class maps: mIoU per horizon step"))
-    if cm["present_miou"] is not None:
+    if cm.present_miou is not None:
         blocks.append(
             Block(
                 "p",
-                f"Segmentation of the present frame itself: mIoU {cm['present_miou']:.3f} "
+                f"Segmentation of the present frame itself: mIoU {cm.present_miou:.3f} "
                 "(a ceiling for the forecasts).",
             )
         )
-    names = [n for n in LINES if any(n in s["miou"] for s in cm["steps"])]
+    names = [n for n in LINES if any(n in s.miou for s in cm.steps)]
     blocks.append(
         Block(
             "p",
@@ -186,40 +178,39 @@ def report_blocks(metrics: dict[str, Any], figures: dict[str, Path]) -> list[Blo
             (
                 ["step", "horizon s", "scored", *(LINES[n][0] for n in names)],
                 [
-                    [s["step"], _num(s["horizon_s"], 2), s["scored"]]
-                    + [_num(s["miou"].get(n)) for n in names]
-                    for s in cm["steps"]
+                    [s.step, _num(s.horizon_s, 2), s.scored] + [_num(s.miou.get(n)) for n in names]
+                    for s in cm.steps
                 ],
             ),
         )
     )
-    if "features" in metrics:
-        feats = metrics["features"]
+    if metrics.features:
+        feats = metrics.features
         names = ["best_of_k", "mean_of_k", "most_confident", "copy_last"]
         blocks += [
             Block("h2", "Features: error per horizon step"),
-            Block("p", f"{feats['error']}, from the {feats['source']}; lower is better."),
+            Block("p", f"{feats.error}, from the {feats.source}; lower is better."),
             Block(
                 "table",
                 (
                     ["step", "horizon s", "scored", *(LINES[n][0] for n in names[:-1])]
                     + ["copy last (present features)"],
                     [
-                        [s["step"], _num(s["horizon_s"], 2), s["scored"]]
-                        + [_num(s["feature_mse"].get(n), 4) for n in names]
-                        for s in feats["steps"]
+                        [s.step, _num(s.horizon_s, 2), s.scored]
+                        + [_num(s.feature_mse.get(n), 4) for n in names]
+                        for s in feats.steps
                     ],
                 ),
             ),
         ]
-    if metrics.get("tokens"):
-        tokens = metrics["tokens"]
+    if metrics.tokens:
+        tokens, probe = metrics.tokens, metrics.tokens.probe
         blocks += [
             Block("h2", "DeltaTok token probes"),
             Block(
                 "p",
-                f"On {tokens['pairs']} pairs of consecutive kept frames (a uniform sample of the "
-                f"recording's {tokens['pairs_in_recording']}). Token reliance: the error of a "
+                f"On {probe.pairs} pairs of consecutive kept frames (a uniform sample of the "
+                f"recording's {tokens.pairs_in_recording}). Token reliance: the error of a "
                 "pair decoded with the token of another pair of the same segment, divided by "
                 "the error with its own token (1: the decoder ignores the token). Identity "
                 "ratio: the error of decode(encode(y, y), y) against y, divided by the "
@@ -230,22 +221,20 @@ def report_blocks(metrics: dict[str, Any], figures: dict[str, Path]) -> list[Blo
                 (
                     ["token reliance", "identity ratio", "explained", "copy-last MSE", "pairs"],
                     [
-                        [_num(tokens[key]) for key in ("token_reliance", "identity_ratio")]
-                        + [_num(tokens["explained"]), _num(tokens["copy_error"], 4)]
-                        + [tokens["pairs"]]
+                        [_num(probe.reliance), _num(probe.identity_ratio), _num(probe.explained)]
+                        + [_num(probe.copy_error, 4), probe.pairs]
                     ],
                 ),
             ),
         ]
-    if "depth" in metrics:
-        depth = metrics["depth"]
+    if metrics.depth:
+        depth = metrics.depth
         names = {"most_confident": "most confident", "best_of_k": "best of K",
                  "mean_of_k": "mean of K", "copy_last": "copy last (present depth)"}  # fmt: skip
-        target = depth["target"]
-        against = target.get("topic") or target["meaning"]
+        against = depth.target.topic or depth.target.meaning
         blocks += [
             Block("h2", "Depth: error per horizon step"),
-            Block("p", f"{depth['error']}; against {against}; from the {depth['source']}."),
+            Block("p", f"{depth.error}; against {against}; from the {depth.source}."),
             Block(
                 "table",
                 (
@@ -256,13 +245,9 @@ def report_blocks(metrics: dict[str, Any], figures: dict[str, Path]) -> list[Blo
                         for name in names.values()
                     ],
                     [
-                        [s["step"], s["scored"]]
-                        + [
-                            _num(s[metric].get(n), 3)
-                            for metric in ("abs_rel", "rmse")
-                            for n in names
-                        ]
-                        for s in depth["steps"]
+                        [s.step, s.scored]
+                        + [_num(errors.get(n), 3) for errors in (s.abs_rel, s.rmse) for n in names]
+                        for s in depth.steps
                     ],
                 ),
             ),  # fmt: skip
@@ -281,7 +266,7 @@ def report_blocks(metrics: dict[str, Any], figures: dict[str, Path]) -> list[Blo
         ),
         _confidence_table(metrics),
     ]
-    if metrics["latency_ms"]:
+    if metrics.latency_ms:
         blocks += [
             Block("h2", "Latency per stage (ms)"),
             Block(
@@ -289,17 +274,19 @@ def report_blocks(metrics: dict[str, Any], figures: dict[str, Path]) -> list[Blo
                 (
                     ["stage", "mean", "p50", "p95", "frames"],
                     [
-                        [stage] + [_num(v.get(key), 2) for key in ("mean", "p50", "p95", "count")]
-                        for stage, v in metrics["latency_ms"].items()
+                        [stage] + [_num(v, 2) for v in (t.mean, t.p50, t.p95, t.count)]
+                        for stage, t in metrics.latency_ms.items()
                     ],
                 ),
             ),
         ]
-    replay = metrics.get("replay") or {}
-    if replay:
+    if metrics.replay:
         blocks += [
             Block("h2", "Replay"),
-            Block("table", (["", "value"], [[key, _num(v)] for key, v in replay.items()])),
+            Block(
+                "table",
+                (["", "value"], [[key, _num(v)] for key, v in plain(metrics.replay).items()]),
+            ),
         ]
     blocks.append(Block("h2", "Figures"))
     captions = {
@@ -313,7 +300,7 @@ def report_blocks(metrics: dict[str, Any], figures: dict[str, Path]) -> list[Blo
         caption = captions.get(
             name,
             f"Example ({name}): the frames that really came, their "
-            f"{'labels' if metrics['target']['kind'] == 'labels' else 'pseudo-labels'}, and "
+            f"{'labels' if metrics.target.labels else 'pseudo-labels'}, and "
             "the model's own segmentation of the present frame (copy-last) beside the labels "
             "held still, where the K hypotheses differ at each step (share of the K off the "
             "pixel's mode, dark: all agree), and the K with their confidences (most confident "
@@ -324,31 +311,42 @@ def report_blocks(metrics: dict[str, Any], figures: dict[str, Path]) -> list[Blo
     return blocks
 
 
-def _confidence_table(metrics: dict[str, Any]) -> Block:
+def _confidence_table(metrics: Metrics) -> Block:
     header = ["scored by", "confidence", "step", "forecasts", "most confident", "random", "best"]
     header += ["top is best", "chance", "Spearman", "ECE"]
     rows = []
-    sources = [("class error (1 - frame mIoU)", metrics["class_maps"])]
-    if "features" in metrics:
-        sources.append(("feature error", metrics["features"]))
+    sources = [("class error (1 - frame mIoU)", metrics.class_maps)]
+    if metrics.features:
+        sources.append(("feature error", metrics.features))
     for label, part in sources:
-        source = part.get("confidence_source", "")
-        entries = [(source, str(s["step"]), s["confidence"]) for s in part["steps"]]
-        entries.append((source, "rollout", part["rollout_confidence"]))
-        if "kernel_density" in part:
-            entries.append(
-                ("kernel density", "rollout", part["kernel_density"]["rollout_confidence"])
-            )
+        entries = [
+            (part.confidence_source, step, q)
+            for step, q in _by_step(part.steps, part.rollout_confidence)
+        ]
+        if part.kernel_density and part.kernel_density.rollout_confidence.forecasts:
+            entries.append(("kernel density", "rollout", part.kernel_density.rollout_confidence))
         for confidence, step, q in entries:
-            if not q.get("forecasts"):
-                continue
             rows.append(
-                [label, confidence, step, q["forecasts"]]
-                + [_num(q.get(key), 4) for key in ("most_confident", "random", "best")]
-                + [_num(q.get(key), 2) for key in ("top_is_best", "chance", "spearman")]
-                + [_num(q.get("ece"), 3)]
+                [label, confidence, step, q.forecasts]
+                + [_num(v, 4) for v in (q.most_confident, q.random, q.best)]
+                + [_num(v, 2) for v in (q.top_is_best, q.chance, q.spearman)]
+                + [_num(q.ece, 3)]
             )
     return Block("table", (header, rows))
+
+
+def _confidence_sources(part: ClassMaps | Features) -> list[tuple[str, Any]]:
+    """The forecasts' confidence, then the kernel density's beside a learned scorer."""
+    sources: list[tuple[str, Any]] = [(part.confidence_source, part)]
+    if part.kernel_density:
+        sources.append(("kernel density", part.kernel_density))
+    return sources
+
+
+def _by_step(steps: list[Any], rollout: ConfidenceSummary) -> list[tuple[str, ConfidenceSummary]]:
+    """Each step's confidence quality, then the whole rollouts'; those with forecasts."""
+    entries = [(str(s.step), s.confidence) for s in steps] + [("rollout", rollout)]
+    return [(name, q) for name, q in entries if q.forecasts]
 
 
 def to_markdown(blocks: list[Block]) -> str:
@@ -414,32 +412,32 @@ def to_html(blocks: list[Block], title: str) -> str:
 # Figures
 
 
-def _step_labels(steps: list[dict[str, Any]]) -> list[str]:
-    return [f"{s['step']}\n+{_num(s['horizon_s'], 2)} s" for s in steps]
+def _step_labels(steps: list[Any]) -> list[str]:
+    return [f"{s.step}\n+{_num(s.horizon_s, 2)} s" for s in steps]
 
 
-def plot_horizon(metrics: dict[str, Any], path: Path) -> Path:
+def plot_horizon(metrics: Metrics, path: Path) -> Path:
     """mIoU per step (and feature error per step when there are features)."""
-    with_features = "features" in metrics
+    with_features = metrics.features is not None
     fig, axes = plt.subplots(1, 2 if with_features else 1, figsize=(11 if with_features else 6, 4))
     axes = np.atleast_1d(axes)
-    steps = metrics["class_maps"]["steps"]
+    steps = metrics.class_maps.steps
     x = np.arange(len(steps))
     for name, (legend, style) in LINES.items():
-        values = [s["miou"].get(name) for s in steps]
+        values = [s.miou.get(name) for s in steps]
         if any(v is not None for v in values):
             axes[0].plot(x, [np.nan if v is None else v for v in values], style, label=legend)
     axes[0].set_title(f"mIoU vs {target_phrase(metrics).split(' (')[0].lower()}")
     axes[0].set_ylabel("mIoU (higher is better)")
     if with_features:
-        fsteps = metrics["features"]["steps"]
+        fsteps = metrics.features.steps
         for name in ("best_of_k", "mean_of_k", "most_confident", "copy_last"):
-            values = [s["feature_mse"].get(name) for s in fsteps]
+            values = [s.feature_mse.get(name) for s in fsteps]
             if any(v is not None for v in values):
                 legend, style = LINES[name]
                 legend = "copy last (present features)" if name == "copy_last" else legend
                 axes[1].plot(x, [np.nan if v is None else v for v in values], style, label=legend)
-        axes[1].set_title(f"feature error ({metrics['features']['source']})")
+        axes[1].set_title(f"feature error ({metrics.features.source})")
         axes[1].set_ylabel("MSE (lower is better)")
     for ax in axes:
         ax.set_xticks(x, _step_labels(steps))
@@ -449,42 +447,40 @@ def plot_horizon(metrics: dict[str, Any], path: Path) -> Path:
             ax.legend(fontsize=8)
         else:
             ax.text(0.5, 0.5, "nothing scored", ha="center", transform=ax.transAxes)
-    fig.suptitle(f"{metrics['mode']}: {Path(metrics['bag']).name}, K={metrics['K']}")
+    fig.suptitle(f"{metrics.mode}: {Path(metrics.bag).name}, K={metrics.K}")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
 
 
-def plot_confidence(metrics: dict[str, Any], path: Path) -> Path:
+def plot_confidence(metrics: Metrics, path: Path) -> Path:
     """Error by confidence rank, most confident vs random vs best, reliability diagram."""
-    cm = metrics["class_maps"]
-    k = metrics["K"]
+    cm = metrics.class_maps
+    k = metrics.K
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for s in cm["steps"]:
-        by_rank = s["confidence"].get("error_by_rank")
-        if by_rank:
-            axes[0].plot(np.arange(1, k + 1), by_rank, "o-", label=f"step {s['step']}")
+    for s in cm.steps:
+        if s.confidence.error_by_rank:
+            axes[0].plot(np.arange(1, k + 1), s.confidence.error_by_rank, "o-",
+                         label=f"step {s.step}")  # fmt: skip
     axes[0].set_xlabel("confidence rank (1 = most confident)")
     axes[0].set_ylabel("class error 1 - frame mIoU")
     axes[0].set_title("error by confidence rank")
     axes[0].ticklabel_format(axis="y", useOffset=False)
-    entries = [(str(s["step"]), s["confidence"]) for s in cm["steps"]]
-    entries.append(("rollout", cm["rollout_confidence"]))
-    entries = [(n, q) for n, q in entries if q.get("forecasts")]
+    entries = _by_step(cm.steps, cm.rollout_confidence)
     x = np.arange(len(entries))
     for i, (key, legend) in enumerate((("most_confident", "most confident"), ("best", "best"))):
-        values = [(q.get(key) or 0.0) - (q.get("random") or 0.0) for _, q in entries]
+        values = [(getattr(q, key) or 0.0) - (q.random or 0.0) for _, q in entries]
         axes[1].bar(x + (i - 0.5) * 0.35, values, 0.35, label=legend)
     axes[1].axhline(0, color="k", lw=0.8)
     axes[1].set_xticks(x, [n for n, _ in entries])
     axes[1].set_xlabel("horizon step")
     axes[1].set_ylabel("class error - a random hypothesis' error")
     axes[1].set_title("vs a random hypothesis (below 0: better)")
-    bins = cm["reliability"]
+    bins = cm.reliability
     if bins:
-        conf = [b["confidence"] for b in bins]
-        rate = [b["best_rate"] for b in bins]
+        conf = [b.confidence for b in bins]
+        rate = [b.best_rate for b in bins]
         axes[2].plot(conf, rate, "o-", label="observed")
         top = max(max(conf), max(rate)) * 1.1
         axes[2].plot([0, top], [0, top], "k:", label="calibrated")
@@ -503,13 +499,13 @@ def plot_confidence(metrics: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def plot_latency(metrics: dict[str, Any], path: Path) -> Path:
-    stages = metrics["latency_ms"]
+def plot_latency(metrics: Metrics, path: Path) -> Path:
+    stages = metrics.latency_ms
     names = list(stages)
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.2))
     y = np.arange(len(names))
-    ax.barh(y - 0.2, [stages[n]["mean"] for n in names], 0.4, label="mean")
-    ax.barh(y + 0.2, [stages[n]["p95"] for n in names], 0.4, label="p95")
+    ax.barh(y - 0.2, [stages[n].mean for n in names], 0.4, label="mean")
+    ax.barh(y + 0.2, [stages[n].p95 for n in names], 0.4, label="p95")
     ax.set_yticks(y, names)
     ax.invert_yaxis()
     ax.set_xlabel("ms per frame")
@@ -522,15 +518,13 @@ def plot_latency(metrics: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def plot_example(
-    example: Example, palette: np.ndarray, metrics: dict[str, Any], path: Path
-) -> Path:
+def plot_example(example: Example, palette: np.ndarray, metrics: Metrics, path: Path) -> Path:
     """Columns: the present, then each step. Rows: the camera frames, their labels (the first
     one: the labels held still), the model's own segmentation of the present (copy-last) and
     where the K hypotheses differ at each step, then the K (most confident first)."""
     k, t = example.hypotheses.shape[:2]
     order = np.argsort(-example.confidence, kind="stable")
-    target_name = "label" if metrics["target"]["kind"] == "labels" else "pseudo-label"
+    target_name = "label" if metrics.target.labels else "pseudo-label"
     rows, cols = 3 + k, 1 + t
     spread = disagreement(example.hypotheses)  # (T, h, w) share of the K off the pixel's mode
     fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 1.75 * rows), squeeze=False)
@@ -570,9 +564,9 @@ def plot_example(
             axes[3 + row, 1 + step].imshow(_colour(example.hypotheses[h, step], palette))
             if row == 0:
                 axes[3, 1 + step].set_title(f"forecast step {step + 1}", fontsize=8)
-    source = "forecast published by the node" if metrics["mode"] == "predictions" else "forecast"
+    source = "forecast published by the node" if metrics.mode == "predictions" else "forecast"
     fig.suptitle(
-        f"{source} {example.offset_s:.2f} s into {Path(metrics['bag']).name} "
+        f"{source} {example.offset_s:.2f} s into {Path(metrics.bag).name} "
         f"(stamp {example.stamp_s:.3f})",
         fontsize=10,
     )

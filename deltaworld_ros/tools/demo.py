@@ -24,8 +24,10 @@ import time
 from pathlib import Path
 
 from ..arguments import at_least
-from ..evaluation.replay_eval import EvalError, EvalOptions, Evaluation, evaluate
+from ..evaluation.evaluator import EvalOptions, evaluate
+from ..evaluation.recording import EvalError, ReplaySummary
 from ..evaluation.report import summary_text, write_report
+from ..evaluation.results import Evaluation
 from ..model.config import ModelConfig
 from ..model.store import read_manifest
 from ..ros.share import package_model_dir
@@ -34,7 +36,7 @@ from ..runtime.engine import EngineOptions
 from ..synth import StreetWorld, WorldConfig
 from ..synth.cli import record
 from .harness import NodeProcess, domain_id, write_params
-from .replay import ReplayError, ReplayOptions, ReplaySummary, replay
+from .replay import ReplayError, ReplayOptions, replay
 
 IMAGE_TOPIC = "/camera/image_raw"
 CAMERAS = ("static", "vehicle")
@@ -102,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
             f"  {camera} camera: {paths['html']} (also {paths['markdown'].name}, "
             "metrics.json and the figures beside it)"
         )
-    ok = all(e.metrics["scored"] and code == 0 for _, e, code in reports.values())
+    ok = all(e.metrics.scored and code == 0 for _, e, code in reports.values())
     return 0 if ok else 1
 
 

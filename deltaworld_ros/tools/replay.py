@@ -22,12 +22,11 @@ import argparse
 import contextlib
 import functools
 import importlib
-import json
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from rosgraph_msgs.msg import Clock
 from tqdm import tqdm
 
 from deltaworld_ros.errors import UsageError
+from deltaworld_ros.evaluation.recording import ReplaySummary
 from deltaworld_ros.io.bags import (
     IMAGE_TYPES,
     TYPESTORE,
@@ -131,28 +131,6 @@ class ReplayStats:
             stopped_by=self.stopped_by,
             recorded=dict(self.messages_recorded),
         )
-
-
-@dataclass
-class ReplaySummary:
-    """What a replay did; its JSON (`as_json`) is the recording's last message, on
-    REPLAY_STATS, and the evaluator's "replay" section."""
-
-    mode: str  # "fast" or "rate <R>"
-    frames_published: int
-    unreadable_messages: int
-    forecasts_received: int
-    awaited_fast: int  # --fast: frames whose forecast was waited for
-    timeouts_fast: int  # --fast: of those, no forecast within --timeout
-    round_trip_mean_ms: float | None  # publish -> forecast received
-    round_trip_p95_ms: float | None
-    wall_s: float
-    input_bag_damage: list[str]
-    stopped_by: str | None  # "interrupted", or the error that ended the replay early
-    recorded: dict[str, int]  # topic -> messages recorded
-
-    def as_json(self) -> str:
-        return json.dumps(asdict(self))
 
 
 class Recorder:
