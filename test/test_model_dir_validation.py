@@ -80,7 +80,7 @@ TAMPERINGS = {
     ),
     "graph inputs disagree with the config": (
         edit_config("image_size", [128, 128]),
-        "backbone.onnx: pixels has shape ['batch', 3, 64, 64] but the config of manifest.json "
+        "backbone.onnx: pixels has shape ['B', 3, 64, 64] but the config of manifest.json "
         "implies ['B', 3, 128, 128]",
     ),
     "onnx file that is not protobuf": (
