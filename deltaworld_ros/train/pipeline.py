@@ -121,7 +121,7 @@ def _tokenizer_stage(session: Session, s: StageSettings) -> nn.Module:
         encoder_warmup_steps=0 if fine_tune else int(0.12 * s.steps),
         token_bias_steps=0 if fine_tune else int(0.28 * s.steps),
         segment=st.frozen_segmenter(model.seg_head, cfg.grid) if "seg_head" in trained else None,
-        class_weights=session.class_weights() if session.store.labels is not None else None,
+        class_weights=session.class_weights(),
     )
 
 
